@@ -1,0 +1,7 @@
+"""``python -m ssal`` is the ``ssal`` command."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

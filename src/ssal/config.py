@@ -1,0 +1,196 @@
+"""One config system: a typed schema with defaults, YAML presets and
+``key=value`` overrides (OmegaConf), resolved once and written into the run
+folder as ``config.yaml``.
+
+Resolution order: schema defaults < preset or YAML file < ``key=value`` overrides.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, Optional
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from .errors import SsalError
+
+
+@dataclass
+class TrainConfig:
+    """How the task model is trained in each cycle."""
+
+    mode: str = "supervised"  # later issues add the self-supervised modes
+    epochs: int = 30
+    min_steps: int = 0  # at least this many optimizer steps per cycle (tiny labelled sets)
+    batch_size: int = 128
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    nesterov: bool = False
+    schedule: str = "cosine"  # cosine | step | constant
+    milestones: list[int] = field(default_factory=list)  # epochs where step divides lr by 1/gamma
+    gamma: float = 0.1
+    warmup_epochs: float = 0.0
+    label_smoothing: float = 0.0
+    augment: str = "weak"  # weak | strong | none
+    warm_start: bool = False  # keep the previous cycle's weights instead of re-initialising
+    amp: bool = True  # mixed precision, used on CUDA only
+    channels_last: bool = True
+    eval_batch_size: int = 512
+
+
+@dataclass
+class Config:
+    """A whole active-learning experiment."""
+
+    dataset: str = "sample"
+    data_root: Optional[str] = None
+    cache_dir: Optional[str] = None
+    model: str = "smallcnn"
+    model_width: int = 0  # 0 = the model's default width (smallcnn only)
+    strategy: str = "coreset"
+    initial: int = 100
+    budget: int = 100
+    cycles: int = 5
+    subset: Optional[int] = None  # candidates scored per cycle; null/all = the whole pool
+    val_size: float = 0.1  # validation split carved from train: fraction (<1) or count (>=1)
+    class_caps: dict[int, int] = field(default_factory=dict)  # class index -> max train images
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
+    threads: int = 0  # torch CPU threads, 0 = torch default
+    out: Optional[str] = None  # run folder; default runs/<dataset>-<strategy>-seed<seed>
+    plot: bool = True
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+PRESET_DIR = "presets"
+
+
+def preset_names() -> list[str]:
+    """Names of the presets shipped with ssal."""
+    root = resources.files("ssal") / PRESET_DIR
+    return sorted(p.name[:-5] for p in root.iterdir() if p.name.endswith(".yaml"))
+
+
+def _load_yaml(source: str) -> DictConfig:
+    path = Path(source)
+    if source.endswith((".yaml", ".yml")) or path.exists():
+        if not path.is_file():
+            raise SsalError(f"config file not found: {source}")
+        text = path.read_text()
+        where = str(path)
+    else:
+        res = resources.files("ssal") / PRESET_DIR / f"{source}.yaml"
+        if not res.is_file():
+            raise SsalError(f"unknown preset '{source}'; choose one of: {', '.join(preset_names())} or a .yaml file")
+        text = res.read_text()
+        where = f"preset {source}"
+    try:
+        loaded = OmegaConf.create(text)
+    except Exception as err:  # yaml.YAMLError and friends
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise SsalError(f"{where}: not valid YAML ({first})") from None
+    if not isinstance(loaded, DictConfig):
+        raise SsalError(f"{where}: expected a mapping of config keys")
+    return loaded
+
+
+_ALL = re.compile(r"^(subset)=(all|none|null)$", re.IGNORECASE)
+
+
+def resolve_config(config: str | None = None, overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
+    """Merge schema defaults, a preset or YAML file and ``key=value`` overrides;
+    validate, and return the resolved config.
+
+    Raises :class:`SsalError` with a one-line message naming the bad key or value.
+    """
+    cfg = OmegaConf.structured(Config)
+    layers = []
+    if config:
+        layers.append(_load_yaml(config))
+    dotlist = []
+    for item in overrides:
+        if "=" not in item:
+            raise SsalError(f"override '{item}' is not of the form key=value")
+        item = _ALL.sub(r"\1=null", item)
+        dotlist.append(item)
+    try:
+        if dotlist:
+            layers.append(OmegaConf.from_dotlist(dotlist))
+        for layer in layers:
+            cfg = OmegaConf.merge(cfg, layer)
+    except OmegaConfBaseException as err:
+        raise SsalError(_omegaconf_message(err)) from None
+    if cfg.out is None:
+        name = re.sub(r"[^A-Za-z0-9_.-]+", "_", str(cfg.dataset).replace("imagefolder:", "folder-")).strip("_")
+        cfg.out = f"runs/{name}-{cfg.strategy}-seed{cfg.seed}"
+    validate(cfg)
+    return cfg
+
+
+def _omegaconf_message(err: OmegaConfBaseException) -> str:
+    key = getattr(err, "full_key", None)
+    msg = str(err).strip().splitlines()[0]
+    if "Key '" in msg and "not in" in msg:
+        return f"unknown config key '{key}'" if key else msg
+    return f"invalid value for '{key}': {msg}" if key else f"invalid config: {msg}"
+
+
+def validate(cfg: DictConfig) -> None:
+    """Range checks that do not need the data. Pool-size checks happen once the
+    data is loaded (:func:`validate_against_pool`)."""
+
+    def need(cond: bool, key: str, value: Any, why: str) -> None:
+        if not cond:
+            raise SsalError(f"invalid value {key}={value}: {why}")
+
+    need(cfg.initial >= 1, "initial", cfg.initial, "must be at least 1")
+    need(cfg.budget >= 1, "budget", cfg.budget, "must be at least 1")
+    need(cfg.cycles >= 1, "cycles", cfg.cycles, "must be at least 1")
+    need(cfg.subset is None or cfg.subset >= 1, "subset", cfg.subset, "must be positive or 'all'")
+    need(cfg.val_size >= 0, "val_size", cfg.val_size, "must be >= 0")
+    need(cfg.threads >= 0, "threads", cfg.threads, "must be >= 0")
+    t = cfg.train
+    need(t.mode == "supervised", "train.mode", t.mode, "choose one of: supervised")
+    need(t.epochs >= 1, "train.epochs", t.epochs, "must be at least 1")
+    need(t.min_steps >= 0, "train.min_steps", t.min_steps, "must be >= 0")
+    need(t.batch_size >= 1, "train.batch_size", t.batch_size, "must be at least 1")
+    need(t.lr > 0, "train.lr", t.lr, "must be > 0")
+    need(0 <= t.momentum < 1, "train.momentum", t.momentum, "must be in [0, 1)")
+    need(t.weight_decay >= 0, "train.weight_decay", t.weight_decay, "must be >= 0")
+    need(t.schedule in ("cosine", "step", "constant"), "train.schedule", t.schedule, "choose one of: cosine, step, constant")
+    need(0 < t.gamma <= 1, "train.gamma", t.gamma, "must be in (0, 1]")
+    need(all(0 < m for m in t.milestones), "train.milestones", list(t.milestones), "epochs must be positive")
+    need(0 <= t.label_smoothing < 1, "train.label_smoothing", t.label_smoothing, "must be in [0, 1)")
+    need(t.augment in ("weak", "strong", "none"), "train.augment", t.augment, "choose one of: weak, strong, none")
+    need(t.eval_batch_size >= 1, "train.eval_batch_size", t.eval_batch_size, "must be at least 1")
+    need(
+        cfg.device == "auto" or re.fullmatch(r"cpu|mps|cuda(:\d+)?", str(cfg.device)) is not None,
+        "device",
+        cfg.device,
+        "choose auto, cpu, cuda, cuda:N or mps",
+    )
+    for k, v in cfg.class_caps.items():
+        need(int(v) >= 0, f"class_caps.{k}", v, "must be >= 0")
+
+
+def validate_against_pool(cfg: DictConfig, pool_size: int) -> None:
+    """Checks that need the pool size: the whole labelling plan must fit."""
+    total = cfg.initial + cfg.budget * (cfg.cycles - 1)
+    if cfg.initial > pool_size:
+        raise SsalError(f"invalid value initial={cfg.initial}: larger than the pool ({pool_size} images)")
+    if total > pool_size:
+        raise SsalError(
+            f"invalid value budget={cfg.budget}: initial + budget x (cycles - 1) = {total} "
+            f"is larger than the pool ({pool_size} images)"
+        )
+    if cfg.subset is not None and cfg.subset < cfg.budget:
+        raise SsalError(f"invalid value subset={cfg.subset}: smaller than budget={cfg.budget}")
+
+
+def to_yaml(cfg: DictConfig) -> str:
+    return OmegaConf.to_yaml(cfg)

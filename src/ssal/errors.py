@@ -1,0 +1,16 @@
+"""User-facing errors.
+
+Anything a user can cause by bad input (a missing file, an unknown name, a bad
+config value) raises :class:`SsalError` with a one-line message that names the
+bad file, field or value. The CLI prints that line and exits non-zero, with no
+traceback.
+"""
+
+
+class SsalError(Exception):
+    """An error caused by user input; ``str(err)`` is the one-line message."""
+
+
+class PoolLabelAccessError(RuntimeError):
+    """Raised when code tries to read the label of an image that is still in the
+    unlabelled pool. This is a programming error, never a user error."""

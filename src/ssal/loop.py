@@ -1,0 +1,314 @@
+"""The active-learning cycle (METHODS.md section 1).
+
+cycle = train on L -> evaluate on the test split once -> score candidates ->
+select ``budget`` -> the oracle reveals their labels -> repeat.
+
+Everything random in a cycle draws from a generator seeded by (run seed, cycle,
+purpose), and the run's state is saved atomically after every cycle, so a run
+killed at any point and restarted with ``resume=True`` reproduces the
+uninterrupted run exactly (the interrupted cycle is replayed from its start).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from . import __version__
+from .augment import StrongView, TestView, WeakView, channel_stats
+from .config import to_yaml, validate_against_pool
+from .data import ImageData, apply_class_caps, load_dataset, split_validation
+from .data.oracle import ActivePool, GroundTruthOracle
+from .errors import SsalError
+from .models import MODELS, build_model
+from .strategies import SelectionContext, build_strategy
+from .train import evaluate, predict, train_supervised
+from .utils import atomic_torch_save, atomic_write_json, atomic_write_text, derive_seed, generator, resolve_device
+
+STATE_FILE = "state.json"
+RESULTS_FILE = "results.jsonl"
+CONFIG_FILE = "config.yaml"
+CURVE_FILE = "curve.png"
+
+
+@dataclass
+class Splits:
+    """The data of one experiment: the pool (labels behind the oracle), the
+    validation split (labelled, never selectable) and the test split."""
+
+    pool: ActivePool
+    val: ImageData
+    test: ImageData
+    classes: list[str]
+    pool_source_index: torch.Tensor  # pool index -> index in the dataset's train split
+
+
+def prepare_splits(cfg: DictConfig, progress: bool = True) -> Splits:
+    """Load the dataset, apply class caps, carve the validation split, and hide
+    the pool labels behind a :class:`GroundTruthOracle`."""
+    train, test = load_dataset(cfg.dataset, cfg.data_root, cfg.cache_dir, progress=progress)
+    caps = {int(k): int(v) for k, v in cfg.class_caps.items()}
+    for k in caps:
+        if not 0 <= k < train.num_classes:
+            raise SsalError(f"invalid key class_caps.{k}: the dataset has classes 0..{train.num_classes - 1}")
+    kept = apply_class_caps(train.labels, caps or None, derive_seed(cfg.seed, "caps"))
+    val_size = cfg.val_size if cfg.val_size < 1 else int(cfg.val_size)
+    pool_pos, val_pos = split_validation(train.labels[kept], val_size, derive_seed(cfg.seed, "val"))
+    pool_idx, val_idx = kept[pool_pos], kept[val_pos]
+    pool = ActivePool(train.images[pool_idx], GroundTruthOracle(train.labels[pool_idx]), train.num_classes)
+    return Splits(pool, train.subset(val_idx), test, list(train.classes), pool_idx)
+
+
+def _git_commit() -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=5
+        )
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+class Experiment:
+    """One active-learning run, described by a resolved config."""
+
+    def __init__(self, cfg: DictConfig, resume: bool = False, progress: bool = True, log: Callable[[str], None] = print):
+        self.cfg = cfg
+        self.resume = resume
+        self.progress = progress
+        self.log = log
+        self.out = Path(cfg.out)
+
+    # -- set-up ---------------------------------------------------------------
+    def _check_out_dir(self) -> dict | None:
+        state_path = self.out / STATE_FILE
+        if not self.resume:
+            if state_path.exists() or (self.out / RESULTS_FILE).exists():
+                raise SsalError(f"out folder {self.out} already holds a run; add --resume to continue it, or set out=")
+            return None
+        if not state_path.exists():
+            return None  # nothing to resume: start afresh
+        saved_cfg_path = self.out / CONFIG_FILE
+        if saved_cfg_path.exists():
+            saved = OmegaConf.load(saved_cfg_path)
+            diff = _config_diff(OmegaConf.to_container(saved), OmegaConf.to_container(self.cfg))
+            if diff:
+                raise SsalError(f"cannot resume {self.out}: config differs from the saved one at {', '.join(diff[:5])}")
+        try:
+            return json.loads(state_path.read_text())
+        except (OSError, json.JSONDecodeError) as err:
+            raise SsalError(f"cannot resume: {state_path} is unreadable ({err})") from None
+
+    def run(self) -> list[dict]:
+        cfg = self.cfg
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        device = resolve_device(cfg.device)
+        if device.type == "cuda":
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+            torch.backends.cudnn.benchmark = False
+        strategy = build_strategy(cfg.strategy)
+        if cfg.model not in MODELS:
+            raise SsalError(f"unknown model '{cfg.model}'; choose one of: {', '.join(MODELS)}")
+        state = self._check_out_dir()
+        splits = prepare_splits(cfg, self.progress)
+        pool = splits.pool
+        validate_against_pool(cfg, len(pool))
+        # Validated: from here on the run folder may be written.
+        self.out.mkdir(parents=True, exist_ok=True)
+        if state is None:
+            atomic_write_text(self.out / CONFIG_FILE, to_yaml(cfg))
+        mean, std = channel_stats(pool.images)
+        views = {
+            "weak": WeakView(mean, std),
+            "strong": StrongView(mean, std),
+            "none": _NoAugment(TestView(mean, std)),
+        }
+        train_view = views[cfg.train.augment]
+        test_view = TestView(mean, std)
+        prepare = lambda x: test_view(x)  # noqa: E731 - un-augmented, normalised
+
+        records: list[dict] = []
+        start_cycle = 0
+        model_state = None
+        if state is not None:
+            records = state["records"]
+            pool.load_state_dict(state["pool"])
+            start_cycle = int(state["next_cycle"])
+            if cfg.train.warm_start and start_cycle > 0 and (self.out / "model.pt").exists():
+                model_state = torch.load(self.out / "model.pt", map_location="cpu")
+            self.log(f"resuming {self.out} at cycle {start_cycle}")
+        else:
+            init = torch.randperm(len(pool), generator=generator(cfg.seed, "initial"))[: cfg.initial]
+            pool.label(init)
+        self._print_header()
+        for r in records:
+            self._print_row(r)
+        for cycle in range(start_cycle, cfg.cycles):
+            rec, model_state = self._cycle(cycle, splits, strategy, train_view, prepare, device, model_state)
+            records.append(rec)
+            self._save(records, pool, cycle + 1, model_state)
+            self._print_row(rec)
+        if cfg.plot:
+            from .plots import plot_curve
+
+            plot_curve(records, self.out / CURVE_FILE, title=f"{cfg.dataset} / {cfg.model} / {cfg.strategy}")
+        return records
+
+    # -- one cycle ------------------------------------------------------------
+    def _cycle(self, cycle, splits: Splits, strategy, train_view, prepare, device, model_state):
+        cfg = self.cfg
+        pool = splits.pool
+        torch.manual_seed(derive_seed(cfg.seed, cycle, "init"))
+        in_ch = int(pool.images.shape[1])
+        kwargs = {"width": cfg.model_width} if cfg.model_width else {}
+        model = build_model(cfg.model, len(splits.classes), in_ch, **kwargs)
+        if model_state is not None and cfg.train.warm_start:
+            model.load_state_dict(model_state)
+        labelled = pool.labelled
+        y = pool.targets(labelled)
+        t0 = time.perf_counter()
+        stats = train_supervised(
+            model,
+            pool.images[labelled],
+            y,
+            cfg.train,
+            train_view,
+            generator(cfg.seed, cycle, "train"),
+            device,
+            progress=self.progress,
+            desc=f"cycle {cycle} train",
+        )
+        seconds_train = time.perf_counter() - t0
+        ev = dict(device=device, batch_size=cfg.train.eval_batch_size, amp=cfg.train.amp, channels_last=cfg.train.channels_last)
+        t0 = time.perf_counter()
+        test = evaluate(model, splits.test.images, splits.test.labels, len(splits.classes), prepare, **ev)
+        val = (
+            evaluate(model, splits.val.images, splits.val.labels, len(splits.classes), prepare, **ev)
+            if len(splits.val)
+            else None
+        )
+        seconds_eval = time.perf_counter() - t0
+
+        picks = torch.empty(0, dtype=torch.long)
+        seconds_select = 0.0
+        n_candidates = 0
+        if cycle < cfg.cycles - 1:
+            t0 = time.perf_counter()
+            unl = pool.unlabelled
+            size = len(unl) if cfg.subset is None else min(len(unl), max(cfg.subset, cfg.budget, pool.num_labelled))
+            g = generator(cfg.seed, cycle, "select")
+            cand = unl if size >= len(unl) else unl[torch.randperm(len(unl), generator=g)[:size]].sort().values
+            n_candidates = int(cand.numel())
+
+            def embed(idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+                return predict(model, pool.images[idx], prepare, **ev)
+
+            ctx = SelectionContext(candidates=cand, labelled=pool.labelled, embed=embed, generator=g)
+            picks = strategy.select(ctx, cfg.budget)
+            _check_picks(picks, cand, cfg.budget)
+            seconds_select = time.perf_counter() - t0
+            pool.label(picks)
+        rec = {
+            "cycle": cycle,
+            "n_labelled": int(labelled.numel()),
+            "test_acc": test["acc"],
+            "val_acc": None if val is None else val["acc"],
+            "per_class_acc": test["per_class_acc"],
+            "labelled_per_class": torch.bincount(y, minlength=len(splits.classes)).tolist(),
+            "picked_per_class": pool.class_histogram(picks) if picks.numel() else [0] * len(splits.classes),
+            "n_picked": int(picks.numel()),
+            "n_candidates": n_candidates,
+            "train_steps": stats.steps,
+            "train_epochs": stats.epochs,
+            "final_train_loss": stats.final_loss,
+            "seconds_train": round(seconds_train, 3),
+            "seconds_eval": round(seconds_eval, 3),
+            "seconds_select": round(seconds_select, 3),
+            "seed": int(cfg.seed),
+            "strategy": cfg.strategy,
+            "model": cfg.model,
+            "dataset": cfg.dataset,
+        }
+        new_state = model.state_dict() if cfg.train.warm_start else None
+        return rec, new_state
+
+    def _save(self, records: list[dict], pool: ActivePool, next_cycle: int, model_state) -> None:
+        if model_state is not None:
+            atomic_torch_save({k: v.detach().cpu() for k, v in model_state.items()}, self.out / "model.pt")
+        atomic_write_text(self.out / RESULTS_FILE, "".join(json.dumps(r) + "\n" for r in records))
+        atomic_write_json(
+            self.out / STATE_FILE,
+            {
+                "next_cycle": next_cycle,
+                "records": records,
+                "pool": pool.state_dict(),
+                "ssal_version": __version__,
+                "git_commit": _git_commit(),
+                "torch": torch.__version__,
+                "python": platform.python_version(),
+            },
+        )
+        if self.cfg.plot:
+            from .plots import plot_curve
+
+            plot_curve(records, self.out / CURVE_FILE, title=f"{self.cfg.dataset} / {self.cfg.model} / {self.cfg.strategy}")
+
+    # -- output ---------------------------------------------------------------
+    def _print_header(self) -> None:
+        self.log(f"{'cycle':>5} {'labelled':>8} {'test acc':>8} {'val acc':>8} {'train s':>8} {'select s':>8}  picked per class")
+
+    def _print_row(self, r: dict) -> None:
+        val = "-" if r.get("val_acc") is None else f"{100 * r['val_acc']:.2f}"
+        picked = " ".join(map(str, r["picked_per_class"])) if r["n_picked"] else "-"
+        self.log(
+            f"{r['cycle']:>5} {r['n_labelled']:>8} {100 * r['test_acc']:>8.2f} {val:>8} "
+            f"{r['seconds_train']:>8.1f} {r['seconds_select']:>8.1f}  {picked}"
+        )
+
+
+class _NoAugment:
+    """Train without augmentation: the test-time transform, ignoring the generator."""
+
+    def __init__(self, view: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        self.view = view
+
+    def __call__(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        return self.view(x)
+
+
+def _check_picks(picks: torch.Tensor, cand: torch.Tensor, budget: int) -> None:
+    if picks.numel() != budget or picks.unique().numel() != budget or not bool(torch.isin(picks, cand).all()):
+        raise RuntimeError("strategy returned picks that are not `budget` distinct candidates")
+
+
+def _config_diff(a, b, prefix: str = "") -> list[str]:
+    keys = []
+    if isinstance(a, dict) and isinstance(b, dict):
+        for k in sorted(set(a) | set(b), key=str):
+            keys += _config_diff(a.get(k), b.get(k), f"{prefix}{k}.")
+        return keys
+    return [] if a == b else [prefix.rstrip(".")]
+
+
+def run_experiment(cfg: DictConfig, resume: bool = False, progress: bool = True, log: Callable[[str], None] = print) -> list[dict]:
+    """Run (or resume) the experiment described by a resolved config."""
+    return Experiment(cfg, resume=resume, progress=progress, log=log).run()
+
+
+def expected_labelled(cfg: DictConfig) -> list[int]:
+    """|L| at each cycle: initial, initial + budget, ..."""
+    return [cfg.initial + c * cfg.budget for c in range(cfg.cycles)]
+
+
+__all__ = ["Experiment", "run_experiment", "prepare_splits", "expected_labelled"]

@@ -1,0 +1,39 @@
+"""A classifier = backbone (image -> feature vector) + linear head.
+
+Every method in ssal needs the same three things from a network: logits for the
+task loss, features for self-supervised heads and selection (CoreSet uses the
+encoder features f_q(x), Caramalau et al., BMVC 2022, Sec. 3), and both from one
+forward pass. Keeping the backbone separate from the head lets SSL methods build
+their momentum copies and projectors on ``.backbone`` alone.
+"""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+
+class Classifier(nn.Module):
+    """``backbone`` maps (B, C, H, W) to (B, feat_dim); ``head`` is
+    ``nn.Linear(feat_dim, num_classes)``."""
+
+    def __init__(self, backbone: nn.Module, feat_dim: int, num_classes: int) -> None:
+        super().__init__()
+        if feat_dim < 1 or num_classes < 1:
+            raise ValueError(f"feat_dim and num_classes must be positive, got {feat_dim} and {num_classes}")
+        self.backbone = backbone
+        self.feat_dim = feat_dim
+        self.num_classes = num_classes
+        self.head = nn.Linear(feat_dim, num_classes)
+
+    def features(self, x: Tensor) -> Tensor:
+        """(B, feat_dim) backbone features (after global pooling, before the head)."""
+        return self.backbone(x)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """(B, num_classes) logits."""
+        return self.head(self.backbone(x))
+
+    def forward_with_features(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Logits and features from one backbone pass."""
+        feats = self.backbone(x)
+        return self.head(feats), feats

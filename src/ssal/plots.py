@@ -1,0 +1,41 @@
+"""Plots people would rather look at than read."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def plot_curve(records: list[dict], path: str | Path, title: str = "") -> None:
+    """Learning curve: test accuracy (and validation accuracy when present)
+    against the number of labelled images, one point per cycle. Written
+    atomically."""
+    path = Path(path)
+    xs = [r["n_labelled"] for r in records]
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
+    ax.plot(xs, [100 * r["test_acc"] for r in records], "o-", label="test")
+    if any(r.get("val_acc") is not None for r in records):
+        ax.plot(
+            xs, [100 * r["val_acc"] if r.get("val_acc") is not None else float("nan") for r in records], "s--", alpha=0.6, label="validation"
+        )
+    ax.set_xlabel("labelled images")
+    ax.set_ylabel("accuracy (%)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".png")
+    os.close(fd)
+    try:
+        fig.savefig(tmp)
+        os.replace(tmp, path)
+    finally:
+        plt.close(fig)
+        Path(tmp).unlink(missing_ok=True)

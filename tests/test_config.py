@@ -1,0 +1,61 @@
+import pytest
+
+from ssal.config import preset_names, resolve_config, validate_against_pool
+from ssal.errors import SsalError
+
+
+def test_defaults_and_overrides():
+    cfg = resolve_config(None, ["budget=7", "train.epochs=3", "subset=all", "train.milestones=[2,4]"])
+    assert cfg.budget == 7 and cfg.train.epochs == 3 and cfg.subset is None
+    assert list(cfg.train.milestones) == [2, 4]
+    assert cfg.dataset == "sample" and cfg.out == "runs/sample-coreset-seed0"
+    for key in ["dataset", "data_root", "model", "strategy", "initial", "budget", "cycles", "subset", "seed", "out"]:
+        assert key in cfg
+    for key in ["mode", "epochs", "batch_size", "lr"]:
+        assert key in cfg.train
+
+
+def test_presets_resolve():
+    names = preset_names()
+    assert {"mobyv2al-cifar10", "isal-cifar10", "cpu-cifar10", "cpu-fashionmnist"} <= set(names)
+    for name in names:
+        cfg = resolve_config(name, [])
+        assert cfg.cycles >= 1
+    moby = resolve_config("mobyv2al-cifar10", ["seed=3"])
+    assert (moby.initial, moby.budget, moby.cycles, moby.model) == (5000, 2500, 7, "vgg16")
+    assert list(moby.train.milestones) == [120, 160] and moby.seed == 3
+
+
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["budget=0"], "budget"),
+        (["budget=abc"], "budget"),
+        (["nonsense=1"], "nonsense"),
+        (["train.lr=-1"], "train.lr"),
+        (["train.schedule=weird"], "train.schedule"),
+        (["device=gpu0"], "device"),
+        (["budget"], "budget"),
+    ],
+)
+def test_bad_values_name_the_key(args, needle):
+    with pytest.raises(SsalError, match=needle):
+        resolve_config(None, args)
+
+
+def test_unknown_preset_and_missing_file(tmp_path):
+    with pytest.raises(SsalError, match="unknown preset 'nope'"):
+        resolve_config("nope", [])
+    with pytest.raises(SsalError, match="not found"):
+        resolve_config(str(tmp_path / "missing.yaml"), [])
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("budget: [unclosed\n")
+    with pytest.raises(SsalError, match="bad.yaml"):
+        resolve_config(str(bad), [])
+
+
+def test_budget_larger_than_pool():
+    cfg = resolve_config(None, ["initial=10", "budget=50", "cycles=3"])
+    with pytest.raises(SsalError, match="budget=50"):
+        validate_against_pool(cfg, 100)
+    validate_against_pool(cfg, 110)

@@ -1,0 +1,110 @@
+"""End-to-end runs on the embedded sample: files written, determinism, resume."""
+
+import json
+
+import pytest
+import torch
+
+import ssal.loop as loop
+from ssal.config import resolve_config
+from ssal.loop import run_experiment
+
+FAST = ["initial=40", "budget=30", "cycles=2", "train.epochs=2", "train.batch_size=32", "plot=true", "threads=2"]
+
+
+def run(tmp_path, name, extra=(), resume=False):
+    cfg = resolve_config(None, [*FAST, f"out={tmp_path / name}", *extra])
+    return run_experiment(cfg, resume=resume, progress=False, log=lambda s: None)
+
+
+def strip_times(records):
+    return [{k: v for k, v in r.items() if not k.startswith("seconds")} for r in records]
+
+
+def test_two_cycles_write_all_files(tmp_path):
+    records = run(tmp_path, "a")
+    out = tmp_path / "a"
+    lines = [json.loads(x) for x in (out / "results.jsonl").read_text().splitlines()]
+    assert len(lines) == 2 and lines == records
+    for key in ["cycle", "n_labelled", "test_acc", "per_class_acc", "picked_per_class", "seconds_train", "seconds_select"]:
+        assert key in lines[0]
+    assert [r["n_labelled"] for r in lines] == [40, 70]
+    assert sum(lines[0]["picked_per_class"]) == 30 and sum(lines[1]["picked_per_class"]) == 0
+    assert len(lines[0]["per_class_acc"]) == 10
+    assert 0.0 <= lines[0]["test_acc"] <= 1.0
+    assert (out / "curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    saved = (out / "config.yaml").read_text()
+    assert "budget: 30" in saved and "epochs: 2" in saved
+    state = json.loads((out / "state.json").read_text())
+    assert len(state["pool"]["order"]) == 70 and len(set(state["pool"]["order"])) == 70
+
+
+def test_same_seed_same_picks_and_metrics(tmp_path):
+    a = run(tmp_path, "a")
+    b = run(tmp_path, "b")
+    assert strip_times(a) == strip_times(b)
+    sa = json.loads((tmp_path / "a" / "state.json").read_text())["pool"]["order"]
+    sb = json.loads((tmp_path / "b" / "state.json").read_text())["pool"]["order"]
+    assert sa == sb
+    c = run(tmp_path, "c", ["seed=1"])
+    sc = json.loads((tmp_path / "c" / "state.json").read_text())["pool"]["order"]
+    assert sc != sa
+
+
+def test_resume_after_crash_mid_cycle_equals_uninterrupted(tmp_path, monkeypatch):
+    extra = ["cycles=3", "strategy=entropy"]
+    full = run(tmp_path, "full", extra)
+
+    real_train = loop.train_supervised
+    calls = {"n": 0}
+
+    def crashing_train(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:  # die in the middle of cycle 1
+            raise KeyboardInterrupt
+        return real_train(*args, **kwargs)
+
+    monkeypatch.setattr(loop, "train_supervised", crashing_train)
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path, "resumed", extra)
+    done = [json.loads(x) for x in (tmp_path / "resumed" / "results.jsonl").read_text().splitlines()]
+    assert len(done) == 1
+    monkeypatch.setattr(loop, "train_supervised", real_train)
+    with pytest.raises(Exception, match="already holds a run"):
+        run(tmp_path, "resumed", extra)
+    resumed = run(tmp_path, "resumed", extra, resume=True)
+    assert strip_times(resumed) == strip_times(full)
+    order_full = json.loads((tmp_path / "full" / "state.json").read_text())["pool"]["order"]
+    order_res = json.loads((tmp_path / "resumed" / "state.json").read_text())["pool"]["order"]
+    assert order_full == order_res
+
+
+def test_resume_refuses_changed_config(tmp_path):
+    run(tmp_path, "a")
+    with pytest.raises(Exception, match="budget"):
+        run(tmp_path, "a", ["budget=31"], resume=True)
+
+
+def test_training_and_selection_never_read_pool_labels(tmp_path, monkeypatch):
+    """Every label read during a run goes through ActivePool.targets, and only
+    for labelled indices: spy on it and check."""
+    from ssal.data.oracle import ActivePool
+
+    real = ActivePool.targets
+    reads = []
+
+    def spy(self, idx):
+        idx = torch.as_tensor(idx)
+        reads.append(bool(self._is_labelled[idx].all()))
+        return real(self, idx)
+
+    monkeypatch.setattr(ActivePool, "targets", spy)
+    run(tmp_path, "spy", ["strategy=margin"])
+    assert reads and all(reads)
+
+
+def test_warm_start_runs_and_differs_from_scratch(tmp_path):
+    a = run(tmp_path, "scratch")
+    b = run(tmp_path, "warm", ["train.warm_start=true"])
+    assert a[0]["test_acc"] == b[0]["test_acc"]  # cycle 0 is identical
+    assert (tmp_path / "warm" / "model.pt").exists()
