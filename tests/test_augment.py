@@ -74,10 +74,11 @@ def test_channel_stats_hand_values_and_chunking() -> None:
     ref = y.double() / 255
     m_ref = ref.mean(dim=(0, 2, 3))
     s_ref = ref.std(dim=(0, 2, 3), unbiased=False)
-    for chunk in (1, 5, 1000):
-        m, s = A.channel_stats(y, chunk=chunk)
-        assert torch.allclose(torch.tensor(m, dtype=torch.float64), m_ref, atol=1e-12)
-        assert torch.allclose(torch.tensor(s, dtype=torch.float64), s_ref, atol=1e-12)
+    results = {chunk: A.channel_stats(y, chunk=chunk) for chunk in (1, 5, 1000)}
+    assert results[1] == results[5] == results[1000]  # exact integer sums: chunking never matters
+    m, s = results[5]
+    assert torch.allclose(torch.tensor(m, dtype=torch.float64), m_ref, atol=1e-12)
+    assert torch.allclose(torch.tensor(s, dtype=torch.float64), s_ref, atol=1e-12)
 
 
 # ---------------------------------------------------------------- shapes, ranges
@@ -243,6 +244,13 @@ def test_resized_crop_is_bilinear_resize_of_a_box() -> None:
             if found:
                 break
         assert found, f"sample {i} is not a resized 8x8 box"
+
+
+def test_resized_crop_whole_image_downscale_matches_interpolate() -> None:
+    x = A.to_float(images(3, 3, 32))
+    y = A.random_resized_crop(x, scale=(1.0, 1.0), ratio=(1.0, 1.0), out_size=(12, 20), generator=gen())
+    ref = F.interpolate(x, size=(12, 20), mode="bilinear", align_corners=False, antialias=False)
+    assert torch.allclose(y, ref, atol=1e-5)
 
 
 # ---------------------------------------------------------------- photometric ops

@@ -146,12 +146,13 @@ def normalize(x: Tensor, mean: Sequence[float] | Tensor, std: Sequence[float] | 
     return x.mul(inv.view(1, -1, 1, 1)).sub_((m * inv).view(1, -1, 1, 1))
 
 
-def channel_stats(images: Tensor, chunk: int = 8192) -> tuple[tuple[float, ...], tuple[float, ...]]:
+def channel_stats(images: Tensor, chunk: int = 1024) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """Per-channel mean and (population) std of a uint8 batch, in the ``[0, 1]`` scale.
 
-    Sums are accumulated in float64 over chunks of ``chunk`` images, so a 50,000
-    image CIFAR split needs a few MB of scratch memory instead of a float copy of
-    the whole split (600 MB).
+    Sums of values and of squares are accumulated exactly in int64 over chunks of
+    ``chunk`` images, so the result does not depend on the chunk size and a
+    50,000-image CIFAR split needs about 12 MB of scratch memory instead of a float
+    copy of the whole split (600 MB).
     """
     _check_batch(images)
     if images.dtype != torch.uint8:
@@ -160,15 +161,15 @@ def channel_stats(images: Tensor, chunk: int = 8192) -> tuple[tuple[float, ...],
     if n == 0:
         raise ValueError("channel_stats needs at least one image")
     c = images.shape[1]
-    total = torch.zeros(c, dtype=torch.float64)
-    total_sq = torch.zeros(c, dtype=torch.float64)
+    total = torch.zeros(c, dtype=torch.int64)
+    total_sq = torch.zeros(c, dtype=torch.int64)
     for start in range(0, n, chunk):
-        part = images[start : start + chunk].to(torch.float64)
-        total += part.sum(dim=(0, 2, 3)).cpu()
-        total_sq += part.square().sum(dim=(0, 2, 3)).cpu()
+        part = images[start : start + chunk].to(torch.int32)
+        total += part.sum(dim=(0, 2, 3), dtype=torch.int64).cpu()
+        total_sq += part.square().sum(dim=(0, 2, 3), dtype=torch.int64).cpu()
     count = n * images.shape[2] * images.shape[3]
-    mean = total / count
-    var = (total_sq / count - mean.square()).clamp_min(0.0)
+    mean = total.to(torch.float64) / count
+    var = (total_sq.to(torch.float64) / count - mean.square()).clamp_min(0.0)
     return tuple((mean / 255.0).tolist()), tuple((var.sqrt() / 255.0).tolist())
 
 
@@ -282,6 +283,30 @@ def _rrc_boxes(
     return top, left, bh, bw
 
 
+def _resize_matrix(start: Tensor, length: Tensor, out_n: int, in_n: int) -> Tensor:
+    """Per-sample (B, out_n, in_n) matrices of 1-D bilinear resampling of the
+    window ``[start, start + length)`` of an ``in_n``-long axis to ``out_n`` samples.
+
+    Same arithmetic as PyTorch's ``upsample_bilinear2d`` with
+    ``align_corners=False`` (which torchvision's resize uses) applied to the cropped
+    window: source coordinate ``(k + 0.5) * length / out_n - 0.5``, clamped at 0,
+    neighbours clamped to the window's last pixel. Built in float64 on the CPU.
+    """
+    b = start.shape[0]
+    scale = (length.to(torch.float64) / out_n).view(b, 1)
+    u = ((torch.arange(out_n, dtype=torch.float64).view(1, -1) + 0.5) * scale - 0.5).clamp_min(0.0)
+    i0 = u.floor().long()
+    lam = u - i0
+    last = (length - 1).view(b, 1)
+    i0 = torch.minimum(i0, last)
+    i1 = torch.minimum(i0 + 1, last)
+    m = torch.zeros(b, out_n, in_n, dtype=torch.float64)
+    s = start.view(b, 1)
+    m.scatter_add_(2, (i0 + s).unsqueeze(2), (1 - lam).unsqueeze(2))
+    m.scatter_add_(2, (i1 + s).unsqueeze(2), lam.unsqueeze(2))
+    return m
+
+
 def random_resized_crop(
     x: Tensor,
     scale: tuple[float, float] = (0.2, 1.0),
@@ -293,33 +318,23 @@ def random_resized_crop(
 
     Boxes follow torchvision's sampling (integer boxes covering ``scale`` of the
     area with aspect ratio in ``ratio``, log-uniform); each box is resized to
-    ``out_size`` (default: the input size) with bilinear interpolation through one
-    batched ``affine_grid`` + ``grid_sample``, equal to torchvision's crop-then-resize
-    to float rounding. ``scale=(0.2, 1)`` is MoBYv2AL's
-    strong view; BYOL uses ``(0.08, 1)``. Float input only. No antialiasing, so
-    shrinking (``out_size`` smaller than the box) aliases more than torchvision.
+    ``out_size`` (default: the input size) bilinearly. ``scale=(0.2, 1)`` is
+    MoBYv2AL's strong view; BYOL uses ``(0.08, 1)``. Float input only.
+
+    Bilinear resizing is separable, so each sample's crop-and-resize is
+    ``R_y @ image @ R_x^T`` with two small interpolation matrices: two batched
+    matmuls, about 2x faster on the CPU than ``affine_grid`` + ``grid_sample`` and
+    equal to torchvision's crop-then-resize to float rounding. No antialiasing, so
+    shrinking a box below half its size aliases more than torchvision's default.
     """
     _check_float(x, "random_resized_crop")
-    b, _, h, w = x.shape
+    b, c, h, w = x.shape
     oh, ow = (h, w) if out_size is None else ((out_size, out_size) if isinstance(out_size, int) else out_size)
     top, left, bh, bw = _rrc_boxes(b, h, w, scale, ratio, generator)
-    # Map output pixel centres into the box. With align_corners=False the source
-    # x coordinate of output centre u in [-1, 1] is (bw/W) u + (2 left + bw)/W - 1.
-    theta = torch.zeros(b, 2, 3, dtype=torch.float64)
-    theta[:, 0, 0] = bw / w
-    theta[:, 0, 2] = (2 * left + bw) / w - 1
-    theta[:, 1, 1] = bh / h
-    theta[:, 1, 2] = (2 * top + bh) / h - 1
-    grid = F.affine_grid(theta.to(device=x.device, dtype=x.dtype), [b, x.shape[1], oh, ow], align_corners=False)
-    # torchvision crops first and then resizes, so samples near the box edge repeat
-    # the edge pixel instead of blending in pixels outside the box: clamp the grid
-    # to the centres of the box's first and last pixels.
-    lo = torch.stack(((2 * left + 1) / w - 1, (2 * top + 1) / h - 1), dim=1)
-    hi = torch.stack(((2 * (left + bw) - 1) / w - 1, (2 * (top + bh) - 1) / h - 1), dim=1)
-    lo = lo.to(device=x.device, dtype=x.dtype).view(b, 1, 1, 2)
-    hi = hi.to(device=x.device, dtype=x.dtype).view(b, 1, 1, 2)
-    grid = torch.maximum(torch.minimum(grid, hi), lo)
-    return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    rx = _resize_matrix(left, bw, ow, w).to(device=x.device, dtype=x.dtype)  # (B, ow, W)
+    ry = _resize_matrix(top, bh, oh, h).to(device=x.device, dtype=x.dtype)  # (B, oh, H)
+    cols = torch.bmm(x.reshape(b, c * h, w), rx.transpose(1, 2))  # (B, C*H, ow)
+    return torch.matmul(ry.unsqueeze(1), cols.view(b, c, h, ow))  # (B, C, oh, ow)
 
 
 # ----------------------------------------------------------------------------
@@ -455,7 +470,7 @@ def random_grayscale(x: Tensor, p: float = 0.2, generator: torch.Generator | Non
     mask = _bernoulli(x.shape[0], p, generator)
     if x.shape[1] == 1:
         return x
-    return _on_subset(x, mask, lambda xs, idx: _grayscale(xs).expand(-1, 3, -1, -1))
+    return _on_subset(x, mask, lambda xs, idx: _grayscale(xs).repeat(1, 3, 1, 1))
 
 
 def default_blur_kernel(h: int, w: int) -> int:
