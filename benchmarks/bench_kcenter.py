@@ -12,8 +12,9 @@ distance of every point to the newest centre. Three variants are timed:
   timed for reference, its picks are compared but may differ where two
   candidates are closer than float32 rounding.
 
-    PYTHONPATH=src python benchmarks/bench_kcenter.py --data gaussian
-    PYTHONPATH=src python benchmarks/bench_kcenter.py --data clustered --sklearn --out bench.json
+    PYTHONPATH=src python benchmarks/bench_kcenter.py --data gaussian --sklearn
+    PYTHONPATH=src python benchmarks/bench_kcenter.py --data clustered --out bench.json
+    PYTHONPATH=src python benchmarks/bench_kcenter.py --n 20000 --d 128 --initial 0 --budget 500
 """
 
 from __future__ import annotations
@@ -34,16 +35,19 @@ from ssal.strategies.kcenter import kcenter_greedy
 def make_features(kind: str, n: int, d: int, seed: int) -> torch.Tensor:
     """Seeded float32 (n, d) features: ``gaussian`` (iid N(0,1)), ``clustered``
     (100 Gaussian clusters, centres N(0,1), spread 0.5, like class-structured
-    network features) or ``lowrank`` (rank-16 signal plus 0.1 noise)."""
+    network features), ``relu`` (the clustered features through a ReLU: non-negative
+    with a large common mean, like a CNN's pooled features) or ``lowrank`` (rank-16
+    signal plus 0.1 noise)."""
     g = torch.Generator().manual_seed(seed)
     if kind == "gaussian":
         return torch.randn(n, d, generator=g)
-    if kind == "clustered":
+    if kind in ("clustered", "relu"):
         means = torch.randn(100, d, generator=g)
-        return means[torch.randint(0, 100, (n,), generator=g)] + 0.5 * torch.randn(n, d, generator=g)
+        x = means[torch.randint(0, 100, (n,), generator=g)] + 0.5 * torch.randn(n, d, generator=g)
+        return x.relu() if kind == "relu" else x
     if kind == "lowrank":
         return torch.randn(n, 16, generator=g) @ torch.randn(16, d, generator=g) + 0.1 * torch.randn(n, d, generator=g)
-    raise SystemExit(f"unknown --data {kind!r}; choose gaussian, clustered or lowrank")
+    raise SystemExit(f"unknown --data {kind!r}; choose gaussian, clustered, relu or lowrank")
 
 
 def straightforward_torch(features: torch.Tensor, initial: torch.Tensor, budget: int, dtype: torch.dtype) -> torch.Tensor:
@@ -95,12 +99,15 @@ def main() -> None:
     ap.add_argument("--d", type=int, default=512)
     ap.add_argument("--initial", type=int, default=1000)
     ap.add_argument("--budget", type=int, default=1000)
-    ap.add_argument("--data", default="gaussian", help="gaussian | clustered | lowrank")
+    ap.add_argument("--data", default="gaussian", help="gaussian | clustered | relu | lowrank")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--sklearn", action="store_true", help="also time the sklearn per-pick version (slow)")
     ap.add_argument("--no-f32", action="store_true", help="skip the float32 straightforward version")
+    ap.add_argument("--threads", type=int, help="torch threads for the straightforward versions (default: torch's)")
     ap.add_argument("--out", help="write the results as JSON here")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)  # kcenter_greedy runs on one thread whatever this is
 
     x = make_features(args.data, args.n, args.d, args.seed)
     initial = torch.randperm(args.n, generator=torch.Generator().manual_seed(args.seed + 1))[: args.initial]

@@ -9,7 +9,7 @@ import ssal.loop as loop
 from ssal.config import resolve_config
 from ssal.loop import run_experiment
 
-FAST = ["initial=40", "budget=30", "cycles=2", "train.epochs=2", "train.batch_size=32", "plot=true", "threads=2"]
+FAST = ["initial=40", "budget=30", "cycles=2", "train.epochs=2", "train.min_steps=0", "train.batch_size=32", "model_width=16", "plot=true"]
 
 
 def run(tmp_path, name, extra=(), resume=False):

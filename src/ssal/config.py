@@ -24,9 +24,9 @@ class TrainConfig:
     """How the task model is trained in each cycle."""
 
     mode: str = "supervised"  # later issues add the self-supervised modes
-    epochs: int = 30
-    min_steps: int = 0  # at least this many optimizer steps per cycle (tiny labelled sets)
-    batch_size: int = 128
+    epochs: int = 15
+    min_steps: int = 60  # at least this many optimizer steps per cycle (tiny labelled sets)
+    batch_size: int = 64
     lr: float = 0.05
     momentum: float = 0.9
     weight_decay: float = 5e-4

@@ -30,6 +30,33 @@ def plot_curve(records: list[dict], path: str | Path, title: str = "") -> None:
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
+    _save_atomic(fig, path)
+
+
+def plot_grid(runs: dict[str, list[list[dict]]], path: str | Path, title: str = "") -> None:
+    """Mean +- std learning curves of several strategies over seeds."""
+    import statistics
+
+    path = Path(path)
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
+    for strategy, rs in runs.items():
+        n = min(len(r) for r in rs)
+        xs = [rs[0][c]["n_labelled"] for c in range(n)]
+        accs = [[100 * r[c]["test_acc"] for r in rs] for c in range(n)]
+        mean = [statistics.mean(a) for a in accs]
+        std = [statistics.stdev(a) if len(a) > 1 else 0.0 for a in accs]
+        ax.plot(xs, mean, "o-", label=f"{strategy} (n={len(rs)})")
+        ax.fill_between(xs, [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)], alpha=0.2)
+    ax.set_xlabel("labelled images")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    _save_atomic(fig, path)
+
+
+def _save_atomic(fig, path: Path) -> None:  # type: ignore[no-untyped-def]
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".png")
     os.close(fd)

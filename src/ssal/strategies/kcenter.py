@@ -11,18 +11,24 @@ distances to the new centre: one pass over all N x D features per pick.
   centres (more centres only lower a minimum). If the argmax of ``ub`` is up to
   date and exact it is the textbook pick; otherwise a block of the highest stale
   bounds is refreshed against the centres they miss (a small matrix product).
-  Initial centres are fed in geometrically growing slices (64, 128, 256, ...), so
-  most points never meet most of the initial centres: one close centre is enough
-  to show a point cannot win.
-* Exact comparisons. Bounds come from float32 matrix products of mean-centred
-  features with a rigorous rounding-error bound; a value is only trusted as
-  exact after it is recomputed in float64 by direct differences (only the
-  centres within the error bound of the minimum, usually one). The picks are
-  therefore those of a float64 brute-force implementation that computes
-  ``((x_i - x_c) ** 2).sum()`` per pair, ties going to the lowest index.
+  Initial centres are fed in geometrically growing slices (128, 256, 512, ...),
+  so most points never meet most of them: one close centre is enough to show
+  that a point cannot win. The per-pick bookkeeping runs on a frontier of the
+  ~4096 highest bounds, not on all N points.
+* Exact comparisons. Bounds come from float32 matrix products with a rigorous
+  rounding-error bound (rows are mean-centred first when that shrinks their
+  norms, which the bound scales with); a value is only trusted as exact after
+  it is recomputed in float64 by direct differences (only for the centres whose
+  interval reaches the minimum, usually one). The picks are therefore those of a
+  float64 brute-force implementation computing ``((x_i - x_c) ** 2).sum()`` per
+  pair, ties going to the lowest index. (A float32 implementation of the
+  textbook loop is not exact: on clustered 512-d data it departs from these
+  picks after ~100 picks; see benchmarks/bench_kcenter.py.)
 
-Memory is O(N * D): one centred working copy of the features plus O(N) state;
-no N x N (or N x budget) matrix is formed.
+Memory is O(N * D): at most one working copy of the features plus O(N) state;
+no N x N (or N x budget) matrix is formed. Work: one (N x 128) product, then
+refreshes of the few points that come near the top; in 2-16 dimensions the plain
+per-pick pass is as fast or faster.
 """
 
 from __future__ import annotations
@@ -30,14 +36,13 @@ from __future__ import annotations
 import math
 
 import numpy as np
-
 import torch
 
 from ..errors import SsalError
 
 __all__ = ["kcenter_greedy"]
 
-_FIRST_SLICE = 64  # initial centres every point is checked against before lazy refresh
+_FIRST_SLICE = 128  # initial centres every point is checked against before lazy refresh
 _BLOCK = 256  # stale points refreshed together (at most)
 _BLOCK_MIN = 16
 _BLOCK_PAIRS = 1 << 15  # (points x centres) of one refresh, unless that leaves < _BLOCK_MIN points
@@ -72,20 +77,37 @@ def kcenter_greedy(features: torch.Tensor, initial: torch.Tensor, budget: int) -
     init = torch.as_tensor(initial, dtype=torch.long).cpu().reshape(-1)
     if init.numel() and (int(init.min()) < 0 or int(init.max()) >= n):
         raise SsalError(f"initial centre indices must lie in [0, {n})")
-    init = _unique_in_order(init)
+    init = torch.unique(init)
     if not 0 <= budget <= n - init.numel():
-        raise SsalError(f"budget {budget} must lie in [0, {n - init.numel()}] (N={n} points, {init.numel()} initial centres)")
+        raise SsalError(
+            f"budget {budget} must lie in [0, {n - init.numel()}] (N={n} points, {init.numel()} initial centres)"
+        )
     if budget == 0:
         return torch.empty(0, dtype=torch.long)
-    return _LazyKCenter(x, init, budget).run()
+    threads = torch.get_num_threads()
+    # A long chain of small ops: worker threads mostly add barrier latency
+    # (milliseconds per op when the cores are shared), so run on one.
+    torch.set_num_threads(1)
+    try:
+        return _LazyKCenter(x, init, budget).run()
+    finally:
+        torch.set_num_threads(threads)
 
 
-def _unique_in_order(idx: torch.Tensor) -> torch.Tensor:
-    uniq, inverse = torch.unique(idx, return_inverse=True)
-    first = torch.full((uniq.numel(),), idx.numel(), dtype=torch.long).scatter_reduce(
-        0, inverse, torch.arange(idx.numel()), reduce="amin"
-    )
-    return idx[first.sort().values]
+def _ieee_fp32_matmul() -> bool:
+    """False when float32 products may run in bf16 / tf32 (a user setting): the error bound would not hold."""
+    try:
+        if torch.get_float32_matmul_precision() != "highest":
+            return False
+    except RuntimeError:  # legacy and new precision APIs mixed
+        return False
+    settings = [getattr(torch.backends, "fp32_precision", "none")]
+    settings.append(getattr(getattr(torch.backends.mkldnn, "matmul", None), "fp32_precision", "none"))
+    return all(s in ("none", "ieee") for s in settings)
+
+
+def _sq_norms(x: torch.Tensor) -> torch.Tensor:
+    return torch.bmm(x.unsqueeze(1), x.unsqueeze(2)).view(x.shape[0])
 
 
 class _LazyKCenter:
@@ -103,12 +125,16 @@ class _LazyKCenter:
         n, d = x.shape
         self.x = x  # original values: exact distances are taken from these
         # float32 products unless they could be inexact beyond the bound below.
-        fast = x.dtype != torch.float64 and torch.get_float32_matmul_precision() == "highest"
-        mean = x.mean(0)  # any shift keeps the bound valid; its rounding is irrelevant
+        fast = x.dtype != torch.float64 and _ieee_fp32_matmul()
         for work in (torch.float32, torch.float64) if fast else (torch.float64,):
-            # Distances do not depend on a shift; centring shrinks the norms the error bound scales with.
-            self.xw = x.to(work) - mean.to(work)
-            self.sq = torch.bmm(self.xw.unsqueeze(1), self.xw.unsqueeze(2)).view(n)  # squared norms
+            self.xw = x.to(work).contiguous()
+            self.sq = _sq_norms(self.xw)
+            # Distances do not depend on a shift, and the error bound scales with the
+            # norms: centre the rows when that shrinks them (a copy), else use them as is.
+            mean = self.xw.mean(0)
+            if float(mean.square().sum()) > 0.25 * float(self.sq.mean()):
+                self.xw = self.xw - mean  # one rounding per entry, covered by the bound
+                self.sq = _sq_norms(self.xw)
             if work == torch.float64 or float(self.sq.max()) < 1e30:  # else float32 squares may overflow
                 break
         if not bool(torch.isfinite(self.sq).all()):
@@ -139,6 +165,12 @@ class _LazyKCenter:
         self.n_centres = 0
         self.budget = budget
         self._add_centres(initial)
+        # The frontier (filled by _rebuild_front): global indices, and their state.
+        self.f_idx = np.empty(0, dtype=np.int64)
+        self.f_ub, self.f_exact, self.f_stamp = self.ub[:0], self.exact[:0], self.stamp[:0]
+        self.f_lo, self.f_hi = self.lo_off[:0], self.hi_off[:0]
+        self.f_x = self.xw[:0]
+        self.tau = -math.inf
 
     def _add_centres(self, idx: torch.Tensor) -> None:
         a, b = self.n_centres, self.n_centres + idx.numel()
@@ -161,7 +193,17 @@ class _LazyKCenter:
         part = torch.addmm(self.csq[lo_c:hi_c].unsqueeze(0), xw, self.cw[lo_c:hi_c].T, alpha=-2.0)
         return part.amin(1).numpy().astype(np.float64)
 
-    def _update(self, ub, exact, stamp, lo_off, hi_off, at, nearest: np.ndarray, hi_c: int) -> None:  # type: ignore[no-untyped-def]
+    def _update(
+        self,
+        ub: np.ndarray,
+        exact: np.ndarray,
+        stamp: np.ndarray,
+        lo_off: np.ndarray,
+        hi_off: np.ndarray,
+        at: np.ndarray | slice,
+        nearest: np.ndarray,
+        hi_c: int,
+    ) -> None:
         """Lower the bounds at ``at`` (numpy index or slice into the given arrays)
         with their nearest new centre; they then cover centres[:hi_c]."""
         old = ub[at]
@@ -183,8 +225,7 @@ class _LazyKCenter:
     def _rebuild_front(self) -> None:
         """Write the frontier back; the new one holds every point with ub >= the
         _FRONTIER-th largest (all ties); tau = the largest ub outside it."""
-        if hasattr(self, "f_idx"):
-            self.ub[self.f_idx], self.exact[self.f_idx], self.stamp[self.f_idx] = self.f_ub, self.f_exact, self.f_stamp
+        self.ub[self.f_idx], self.exact[self.f_idx], self.stamp[self.f_idx] = self.f_ub, self.f_exact, self.f_stamp
         k = min(_FRONTIER, self.ub.size)
         inside = self.ub >= np.partition(self.ub, self.ub.size - k)[self.ub.size - k]
         self.f_idx = np.flatnonzero(inside)  # sorted: argmax ties go to the lowest index
@@ -216,11 +257,12 @@ class _LazyKCenter:
         bounds: recompute the few centres whose bound interval reaches the smallest
         upper bound (usually one per point)."""
         top = self._top((self.f_stamp == self.n_centres) & ~self.f_exact, _EXACT_BLOCK)
-        at = torch.from_numpy(top)
         rows = torch.from_numpy(self.f_idx[top])
-        approx = torch.addmm(self.csq[: self.n_centres].unsqueeze(0), self.f_x.index_select(0, at), self.cw[: self.n_centres].T, alpha=-2.0)
-        approx = approx.double() + self.sq.index_select(0, rows).double().unsqueeze(1)
-        err = self.tol * (self.norm.index_select(0, rows).unsqueeze(1) + self.cnorm[: self.n_centres]).square() + self.abs_tol
+        k = self.n_centres
+        part = torch.addmm(self.csq[:k].unsqueeze(0), self.f_x.index_select(0, torch.from_numpy(top)), self.cw[:k].T, alpha=-2.0)
+        approx = part.double() + self.sq.index_select(0, rows).double().unsqueeze(1)
+        # Per-entry error bound here (tighter than the per-row one of _update).
+        err = self.tol * (self.norm.index_select(0, rows).unsqueeze(1) + self.cnorm[:k]).square() + self.abs_tol
         r, c = torch.nonzero(approx - err <= (approx + err).amin(1, keepdim=True), as_tuple=True)
         best = torch.full((top.size,), math.inf, dtype=torch.float64)
         best.scatter_reduce_(0, r, self._exact(rows[r], self.centres[c]), reduce="amin")
@@ -233,15 +275,9 @@ class _LazyKCenter:
             # Every point is at +inf from the empty set: the lowest index wins.
             picks.append(0)
             self._add_centres(torch.zeros(1, dtype=torch.long))
-        self._first_pass()
-        threads = torch.get_num_threads()
-        # The loop is a long chain of small ops: worker threads only add barrier
-        # latency (milliseconds per op when the cores are shared).
-        torch.set_num_threads(1)
-        try:
+        if len(picks) < self.budget:
+            self._first_pass()
             self._loop(picks)
-        finally:
-            torch.set_num_threads(threads)
         return torch.tensor(picks, dtype=torch.long)
 
     def _loop(self, picks: list[int]) -> None:

@@ -1,0 +1,101 @@
+"""The CPU active-learning protocol of BENCHMARKS.md: for one dataset, run
+each strategy with each seed (supervised training, small CNN, 1,000 initial
+labels, +1,000 per cycle, 5 cycles), then summarise mean +- std per cycle.
+
+Runs are resumable: rerunning the same command skips finished runs and resumes
+an interrupted one, so the grid can be spread over several sessions.
+
+    python benchmarks/cpu_protocol.py --preset cpu-fashionmnist --out runs/bench/fm
+    python benchmarks/cpu_protocol.py --preset cpu-cifar10 \
+        --set dataset=imagefolder:/tmp/cifar10-jpeg --out runs/bench/c10
+    python benchmarks/cpu_protocol.py --out runs/bench/fm --summary-only
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+from ssal.config import resolve_config
+from ssal.loop import run_experiment
+from ssal.plots import plot_grid
+
+
+def run_grid(args: argparse.Namespace) -> None:
+    for seed in args.seeds:
+        for strategy in args.strategies:
+            out = Path(args.out) / f"{strategy}-seed{seed}"
+            if (out / "state.json").exists():
+                state = json.loads((out / "state.json").read_text())
+                cfg_done = resolve_config(args.preset, [*args.set, f"strategy={strategy}", f"seed={seed}", f"out={out}"])
+                if state["next_cycle"] >= cfg_done.cycles:
+                    print(f"[skip] {out} is complete", flush=True)
+                    continue
+            cfg = resolve_config(args.preset, [*args.set, f"strategy={strategy}", f"seed={seed}", f"out={out}"])
+            t0 = time.perf_counter()
+            print(f"[run] {out}", flush=True)
+            run_experiment(cfg, resume=True, progress=False)
+            (out / "wall_seconds.txt").write_text(f"{time.perf_counter() - t0:.1f}\n")
+
+
+def load_runs(root: Path) -> dict[str, list[list[dict]]]:
+    runs: dict[str, list[list[dict]]] = {}
+    for res in sorted(root.glob("*-seed*/results.jsonl")):
+        strategy = res.parent.name.rsplit("-seed", 1)[0]
+        runs.setdefault(strategy, []).append([json.loads(x) for x in res.read_text().splitlines()])
+    return runs
+
+
+def summarise(root: Path) -> str:
+    runs = load_runs(root)
+    if not runs:
+        return f"no results under {root}"
+    lines = []
+    ncyc = max(len(r) for rs in runs.values() for r in rs)
+    header = "| strategy | seeds | " + " | ".join(f"cycle {c}" for c in range(ncyc)) + " | min/run |"
+    lines += [header, "|" + "---|" * (ncyc + 3)]
+    labelled = None
+    for strategy, rs in runs.items():
+        cells = []
+        for c in range(ncyc):
+            accs = [100 * r[c]["test_acc"] for r in rs if len(r) > c]
+            if labelled is None or len(labelled) <= c:
+                labelled = [r["n_labelled"] for r in rs[0]]
+            if not accs:
+                cells.append("-")
+            elif len(accs) == 1:
+                cells.append(f"{accs[0]:.2f}")
+            else:
+                cells.append(f"{statistics.mean(accs):.2f} +- {statistics.stdev(accs):.2f}")
+        walls = []
+        for r in rs:
+            walls.append(sum(x["seconds_train"] + x["seconds_eval"] + x["seconds_select"] for x in r) / 60)
+        lines.append(f"| {strategy} | {len(rs)} | " + " | ".join(cells) + f" | {statistics.mean(walls):.1f} |")
+    lines.insert(0, "labelled per cycle: " + ", ".join(map(str, labelled or [])) + "\n")
+    plot_grid(runs, root / "curves.png", title=root.name)
+    text = "\n".join(lines)
+    (root / "summary.md").write_text(text + "\n")
+    return text
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--preset", default="cpu-fashionmnist")
+    p.add_argument("--set", nargs="*", default=[], help="extra key=value overrides")
+    p.add_argument("--strategies", nargs="*", default=["random", "entropy", "coreset"])
+    p.add_argument("--seeds", nargs="*", type=int, default=[0, 1, 2])
+    p.add_argument("--out", required=True)
+    p.add_argument("--summary-only", action="store_true")
+    args = p.parse_args(argv)
+    if not args.summary_only:
+        run_grid(args)
+    print(summarise(Path(args.out)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

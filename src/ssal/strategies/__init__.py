@@ -1,0 +1,37 @@
+"""Selection strategies, picked by name from :data:`STRATEGIES`.
+
+Adding one is one file with a :class:`Strategy` subclass plus one line here.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..errors import SsalError
+from .base import ScoreStrategy, SelectionContext, Strategy
+from .coreset import CoresetStrategy
+from .entropy import EntropyStrategy
+from .kcenter import kcenter_greedy
+from .least_confidence import LeastConfidenceStrategy
+from .margin import MarginStrategy
+from .random import RandomStrategy
+
+__all__ = ["STRATEGIES", "SelectionContext", "Strategy", "ScoreStrategy", "build_strategy", "kcenter_greedy"]
+
+STRATEGIES: dict[str, type[Strategy]] = {
+    "random": RandomStrategy,
+    "entropy": EntropyStrategy,
+    "margin": MarginStrategy,
+    "least_confidence": LeastConfidenceStrategy,
+    "coreset": CoresetStrategy,
+}
+
+
+def build_strategy(name: str, **kwargs: Any) -> Strategy:
+    """The strategy registered as ``name``; unknown names raise SsalError."""
+    if name not in STRATEGIES:
+        raise SsalError(f"unknown strategy {name!r}; choose one of: {', '.join(STRATEGIES)}")
+    try:
+        return STRATEGIES[name](**kwargs)
+    except TypeError as err:
+        raise SsalError(f"bad options for strategy {name!r}: {err}") from None

@@ -1,0 +1,88 @@
+"""What every selection strategy sees and returns.
+
+A strategy gets a :class:`SelectionContext` (candidate and labelled pool indices,
+an ``embed`` function giving the current model's logits and features, a seeded
+generator) and returns ``budget`` distinct candidates in pick order. The context
+holds no labels, so no strategy can read one.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from ..errors import SsalError
+
+__all__ = ["SelectionContext", "Strategy", "ScoreStrategy", "check_request", "top_scores"]
+
+
+@dataclass
+class SelectionContext:
+    """Inputs of one selection round.
+
+    candidates: LongTensor of pool indices that may be picked (unlabelled, maybe a random subset).
+    labelled: LongTensor of pool indices already labelled.
+    embed: pool indices -> (logits (n, C), features (n, D)) of the un-augmented
+        images, from the current model in eval mode.
+    generator: seeded CPU generator for any randomness.
+    """
+
+    candidates: torch.Tensor
+    labelled: torch.Tensor
+    embed: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+    generator: torch.Generator
+
+
+class Strategy(ABC):
+    """Picks images to label. Subclasses set ``name`` and implement :meth:`select`."""
+
+    name: str
+
+    @abstractmethod
+    def select(self, ctx: SelectionContext, budget: int) -> torch.Tensor:
+        """LongTensor of ``budget`` distinct pool indices from ``ctx.candidates``, in pick order."""
+
+
+def check_request(ctx: SelectionContext, budget: int) -> None:
+    """Raise SsalError unless ``0 <= budget <= len(candidates)`` and the candidates
+    are distinct pool indices, none of them labelled."""
+    n = ctx.candidates.numel()
+    if not 0 <= budget <= n:
+        raise SsalError(f"budget {budget} must lie in [0, {n}] (the number of candidates)")
+    if ctx.candidates.ndim != 1 or ctx.candidates.dtype != torch.long:
+        raise SsalError(f"candidates must be a 1-D LongTensor, got {ctx.candidates.dtype} {tuple(ctx.candidates.shape)}")
+    if ctx.candidates.unique().numel() != n:
+        raise SsalError("candidates contain repeated pool indices")
+    if bool(torch.isin(ctx.candidates, ctx.labelled).any()):
+        raise SsalError("candidates include labelled pool indices")
+
+
+def top_scores(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """Positions of the k highest scores, highest first; ties keep the lower position first."""
+    return torch.sort(scores, descending=True, stable=True).indices[:k]
+
+
+class ScoreStrategy(Strategy):
+    """Top-``budget`` candidates by an uncertainty score of the softmax output
+    (Settles 2009, "Active Learning Literature Survey", sec. 3.1). Subclasses only
+    define :meth:`score` (higher = pick first)."""
+
+    @staticmethod
+    @abstractmethod
+    def score(probs: torch.Tensor) -> torch.Tensor:
+        """(n, C) class probabilities -> (n,) scores."""
+
+    def select(self, ctx: SelectionContext, budget: int) -> torch.Tensor:
+        check_request(ctx, budget)
+        if budget == 0:
+            return torch.empty(0, dtype=torch.long)
+        logits, _ = ctx.embed(ctx.candidates)
+        if logits.ndim != 2 or logits.shape[0] != ctx.candidates.numel():
+            raise SsalError(f"embed returned logits of shape {tuple(logits.shape)} for {ctx.candidates.numel()} candidates")
+        probs = torch.softmax(logits.detach().cpu().double(), dim=1)
+        if not bool(torch.isfinite(probs).all()):
+            raise SsalError("the model produced NaN or infinite logits; cannot score candidates")
+        return ctx.candidates[top_scores(self.score(probs), budget)]

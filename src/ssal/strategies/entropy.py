@@ -1,0 +1,13 @@
+"""Max-entropy sampling (Shannon entropy of the softmax; one of MoBYv2AL's variants)."""
+
+from __future__ import annotations
+
+from .base import ScoreStrategy
+from .uncertainty import entropy
+
+
+class EntropyStrategy(ScoreStrategy):
+    """Pick the candidates whose predicted class distribution has the highest entropy."""
+
+    name = "entropy"
+    score = staticmethod(entropy)

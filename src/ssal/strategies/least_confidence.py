@@ -1,0 +1,13 @@
+"""Least-confidence sampling (Lewis & Gale 1994): lowest top-class probability."""
+
+from __future__ import annotations
+
+from .base import ScoreStrategy
+from .uncertainty import least_confidence
+
+
+class LeastConfidenceStrategy(ScoreStrategy):
+    """Pick the candidates whose most probable class is least probable."""
+
+    name = "least_confidence"
+    score = staticmethod(least_confidence)
