@@ -27,7 +27,7 @@ class TrainConfig:
     epochs: int = 15
     min_steps: int = 60  # at least this many optimizer steps per cycle (tiny labelled sets)
     batch_size: int = 64
-    lr: float = 0.05
+    lr: float = 0.01
     momentum: float = 0.9
     weight_decay: float = 5e-4
     nesterov: bool = False

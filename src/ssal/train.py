@@ -108,7 +108,7 @@ def train_supervised(
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp and not torch.cuda.is_bf16_supported()) if use_amp else None
     step = 0
     loss_val = float("nan")
-    bar = tqdm(total=total, desc=desc, disable=not progress, leave=False, unit="step")
+    bar = tqdm(total=total, desc=desc, disable=None if progress else True, leave=False, unit="step")  # None: off when not a terminal
     for _ in range(epochs):
         perm = torch.randperm(n, generator=generator).to(device)
         for b in range(spe):
