@@ -108,3 +108,49 @@ def test_warm_start_runs_and_differs_from_scratch(tmp_path):
     b = run(tmp_path, "warm", ["train.warm_start=true"])
     assert a[0]["test_acc"] == b[0]["test_acc"]  # cycle 0 is identical
     assert (tmp_path / "warm" / "model.pt").exists()
+
+
+def test_sigkill_mid_run_then_resume_equals_uninterrupted(tmp_path):
+    """A real process killed with SIGKILL (no cleanup at all), then --resume."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    extra = ["cycles=3", "train.epochs=4", "strategy=coreset"]
+    full = run(tmp_path, "full", extra)
+    out = tmp_path / "killed"
+    args = [sys.executable, "-m", "ssal", "run", "-q", *FAST, *extra, f"out={out}"]
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        res = out / "results.jsonl"
+        if res.exists() and res.read_text().count("\n") >= 1:
+            break
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done = (out / "results.jsonl").read_text().count("\n")
+    assert 1 <= done <= 3
+    resumed = run(tmp_path, "killed", extra, resume=True)
+    assert strip_times(resumed) == strip_times(full)
+
+
+def test_splits_caps_and_validation_are_disjoint_from_the_pool():
+    from ssal.data import load_dataset
+    from ssal.loop import prepare_splits
+
+    cfg = resolve_config(None, ["class_caps={0: 50, 3: 20}", "val_size=0.1"])
+    s = prepare_splits(cfg, progress=False)
+    train, _ = load_dataset("sample")
+    # every pool image maps to a distinct train image; class caps hold on pool + val
+    src = s.pool_source_index
+    assert src.unique().numel() == src.numel() == len(s.pool)
+    assert torch.equal(s.pool.images, train.images[src])
+    counts = torch.bincount(train.labels[src], minlength=10) + torch.bincount(s.val.labels, minlength=10)
+    assert counts[0] == 50 and counts[3] == 20 and counts[1] == 600
+    assert len(s.pool) + len(s.val) == 6000 - 550 - 580
+    # validation images are not pool images
+    val_keys = {bytes(x.numpy().tobytes()) for x in s.val.images}
+    assert not any(bytes(x.numpy().tobytes()) in val_keys for x in s.pool.images[:500])
