@@ -154,3 +154,37 @@ def test_splits_caps_and_validation_are_disjoint_from_the_pool():
     # validation images are not pool images
     val_keys = {bytes(x.numpy().tobytes()) for x in s.val.images}
     assert not any(bytes(x.numpy().tobytes()) in val_keys for x in s.pool.images[:500])
+
+
+def test_test_split_only_in_one_final_evaluation_per_cycle(tmp_path, monkeypatch):
+    """Defect 4 of the official MoBYv2AL code: the test split must be used once
+    per cycle, after training, and never by selection (predict/embed)."""
+    from ssal.data import load_dataset
+
+    _, test = load_dataset("sample")
+    test_keys = {bytes(x.numpy().tobytes()) for x in test.images[:200]}
+    real_eval, real_predict = loop.evaluate, loop.predict
+    events = []
+
+    def spy_eval(model, images, labels, *a, **k):
+        events.append(("eval", images.shape[0]))
+        return real_eval(model, images, labels, *a, **k)
+
+    def spy_predict(model, images, *a, **k):
+        events.append(("predict", any(bytes(x.numpy().tobytes()) in test_keys for x in images)))
+        return real_predict(model, images, *a, **k)
+
+    def spy_train(*a, **k):
+        events.append(("train", None))
+        return real_train(*a, **k)
+
+    real_train = loop.train_supervised
+    monkeypatch.setattr(loop, "evaluate", spy_eval)
+    monkeypatch.setattr(loop, "predict", spy_predict)
+    monkeypatch.setattr(loop, "train_supervised", spy_train)
+    run(tmp_path, "t", ["val_size=0"])
+    kinds = [e[0] for e in events]
+    assert kinds.count("eval") == 2  # one test evaluation per cycle, no validation split here
+    assert all(e[1] == len(test) for e in events if e[0] == "eval")
+    assert kinds.index("eval") > kinds.index("train")  # after training
+    assert not any(e[1] for e in events if e[0] == "predict")  # selection never sees test images
