@@ -306,9 +306,4 @@ def run_experiment(cfg: DictConfig, resume: bool = False, progress: bool = True,
     return Experiment(cfg, resume=resume, progress=progress, log=log).run()
 
 
-def expected_labelled(cfg: DictConfig) -> list[int]:
-    """|L| at each cycle: initial, initial + budget, ..."""
-    return [cfg.initial + c * cfg.budget for c in range(cfg.cycles)]
-
-
-__all__ = ["Experiment", "run_experiment", "prepare_splits", "expected_labelled"]
+__all__ = ["Experiment", "run_experiment", "prepare_splits"]
