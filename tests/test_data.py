@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import gzip
+import os
+import tarfile
 import time
 import urllib.error
 from pathlib import Path
@@ -22,8 +24,21 @@ from ssal.data.imagefolder import decode_images
 from ssal.data.splits import apply_class_caps, imbalanced_caps, split_validation
 from ssal.errors import SsalError
 
-FMNIST_DIR = Path("/work/shared/data/fashion-mnist")
-CIFAR_JPEG_DIR = Path("/tmp/cifar10-jpeg")
+# The project's offline data sits in ../shared/data beside the checkout (CI too).
+SHARED_DATA = Path(os.environ.get("SSAL_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+FMNIST_DIR = SHARED_DATA / "fashion-mnist"
+CIFAR_TAR = SHARED_DATA / "cifar10-jpeg.tar.gz"
+
+
+@pytest.fixture(scope="module")
+def cifar_jpeg_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The CIFAR-10 JPEG folders, extracted once per test run."""
+    if not CIFAR_TAR.is_file():
+        pytest.skip("cifar10-jpeg.tar.gz absent")
+    root = tmp_path_factory.mktemp("cifar")
+    with tarfile.open(CIFAR_TAR) as tar:
+        tar.extractall(root, filter="data")
+    return root / "cifar10-jpeg"
 
 
 @pytest.fixture(autouse=True)
@@ -350,14 +365,22 @@ def test_fingerprint_changes_with_content(tmp_path: Path) -> None:
     assert fingerprint_tree(tmp_path) != fp1
 
 
-@pytest.mark.skipif(not CIFAR_JPEG_DIR.is_dir(), reason="CIFAR-10 JPEG folder not extracted")
-def test_cifar_jpegs_decode_like_pil() -> None:
-    folder = CIFAR_JPEG_DIR / "test" / "airplane"
+def test_cifar_jpegs_decode_like_pil(cifar_jpeg_dir: Path) -> None:
+    folder = cifar_jpeg_dir / "test" / "airplane"
     files = sorted(str(p) for p in folder.iterdir())[:200]
     images = decode_images(files, progress=False)
     assert tuple(images.shape) == (200, 3, 32, 32)
     ref = np.array(Image.open(files[123]).convert("RGB"))
     assert torch.equal(images[123].permute(1, 2, 0), torch.from_numpy(ref))
+
+
+def test_cifar_jpeg_folder_loads_whole(cifar_jpeg_dir: Path, tmp_path: Path) -> None:
+    """The user-folder path on its real test case: 60,000 JPEGs, 10 classes."""
+    train, test = load_dataset(f"imagefolder:{cifar_jpeg_dir}", cache_dir=str(tmp_path), progress=False)
+    assert tuple(train.images.shape) == (50000, 3, 32, 32) and tuple(test.images.shape) == (10000, 3, 32, 32)
+    assert train.classes[:2] == ["airplane", "automobile"] and len(train.classes) == 10
+    assert torch.bincount(train.labels).tolist() == [5000] * 10
+    assert torch.bincount(test.labels).tolist() == [1000] * 10
 
 
 # --------------------------------------------------------------------- names
