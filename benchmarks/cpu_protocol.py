@@ -29,13 +29,11 @@ def run_grid(args: argparse.Namespace) -> None:
     for seed in args.seeds:
         for strategy in args.strategies:
             out = Path(args.out) / f"{strategy}-seed{seed}"
-            if (out / "state.json").exists():
-                state = json.loads((out / "state.json").read_text())
-                cfg_done = resolve_config(args.preset, [*args.set, f"strategy={strategy}", f"seed={seed}", f"out={out}"])
-                if state["next_cycle"] >= cfg_done.cycles:
-                    print(f"[skip] {out} is complete", flush=True)
-                    continue
             cfg = resolve_config(args.preset, [*args.set, f"strategy={strategy}", f"seed={seed}", f"out={out}"])
+            state_path = out / "state.json"
+            if state_path.exists() and json.loads(state_path.read_text())["next_cycle"] >= cfg.cycles:
+                print(f"[skip] {out} is complete", flush=True)
+                continue
             t0 = time.perf_counter()
             print(f"[run] {out}", flush=True)
             run_experiment(cfg, resume=True, progress=False)
@@ -58,13 +56,12 @@ def summarise(root: Path) -> str:
     ncyc = max(len(r) for rs in runs.values() for r in rs)
     header = "| strategy | seeds | " + " | ".join(f"cycle {c}" for c in range(ncyc)) + " | min/run |"
     lines += [header, "|" + "---|" * (ncyc + 3)]
-    labelled = None
+    longest = max((r for rs in runs.values() for r in rs), key=len)
+    labelled = [rec["n_labelled"] for rec in longest]
     for strategy, rs in runs.items():
         cells = []
         for c in range(ncyc):
             accs = [100 * r[c]["test_acc"] for r in rs if len(r) > c]
-            if labelled is None or len(labelled) <= c:
-                labelled = [r["n_labelled"] for r in rs[0]]
             if not accs:
                 cells.append("-")
             elif len(accs) == 1:
@@ -75,7 +72,7 @@ def summarise(root: Path) -> str:
         for r in rs:
             walls.append(sum(x["seconds_train"] + x["seconds_eval"] + x["seconds_select"] for x in r) / 60)
         lines.append(f"| {strategy} | {len(rs)} | " + " | ".join(cells) + f" | {statistics.mean(walls):.1f} |")
-    lines.insert(0, "labelled per cycle: " + ", ".join(map(str, labelled or [])) + "\n")
+    lines.insert(0, "labelled per cycle: " + ", ".join(map(str, labelled)) + "\n")
     plot_grid(runs, root / "curves.png", title=root.name)
     text = "\n".join(lines)
     (root / "summary.md").write_text(text + "\n")

@@ -29,7 +29,7 @@ from .config import to_yaml, validate_against_pool
 from .data import ImageData, apply_class_caps, load_dataset, split_validation
 from .data.oracle import ActivePool, GroundTruthOracle
 from .errors import SsalError
-from .models import MODELS, build_model
+from .models import build_model
 from .strategies import SelectionContext, build_strategy
 from .train import evaluate, predict, train_supervised
 from .utils import atomic_torch_save, atomic_write_json, atomic_write_text, derive_seed, generator, resolve_device
@@ -118,25 +118,18 @@ class Experiment:
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
             torch.backends.cudnn.benchmark = False
         strategy = build_strategy(cfg.strategy)
-        if cfg.model not in MODELS:
-            raise SsalError(f"unknown model '{cfg.model}'; choose one of: {', '.join(MODELS)}")
         state = self._check_out_dir()
         splits = prepare_splits(cfg, self.progress)
         pool = splits.pool
         validate_against_pool(cfg, len(pool))
+        self._build_model(splits)  # a bad model name or option fails here, before anything is written
         # Validated: from here on the run folder may be written.
         self.out.mkdir(parents=True, exist_ok=True)
         if state is None:
             atomic_write_text(self.out / CONFIG_FILE, to_yaml(cfg))
         mean, std = channel_stats(pool.images)
-        views = {
-            "weak": WeakView(mean, std),
-            "strong": StrongView(mean, std),
-            "none": _NoAugment(TestView(mean, std)),
-        }
-        train_view = views[cfg.train.augment]
-        test_view = TestView(mean, std)
-        prepare = lambda x: test_view(x)  # noqa: E731 - un-augmented, normalised
+        prepare = TestView(mean, std)  # un-augmented, normalised: evaluation and selection
+        train_view = {"weak": WeakView, "strong": StrongView, "none": TestView}[cfg.train.augment](mean, std)
 
         records: list[dict] = []
         start_cycle = 0
@@ -158,21 +151,19 @@ class Experiment:
             rec, model_state = self._cycle(cycle, splits, strategy, train_view, prepare, device, model_state)
             records.append(rec)
             self._save(records, pool, cycle + 1, model_state)
-            self._print_row(rec)
-        if cfg.plot:
-            from .plots import plot_curve
-
-            plot_curve(records, self.out / CURVE_FILE, title=f"{cfg.dataset} / {cfg.model} / {cfg.strategy}")
+            self._print_row(rec)  # _save has drawn the curve after every cycle
         return records
 
     # -- one cycle ------------------------------------------------------------
+    def _build_model(self, splits: Splits) -> torch.nn.Module:
+        kwargs = {"width": self.cfg.model_width} if self.cfg.model_width else {}
+        return build_model(self.cfg.model, len(splits.classes), int(splits.pool.images.shape[1]), **kwargs)
+
     def _cycle(self, cycle, splits: Splits, strategy, train_view, prepare, device, model_state):
         cfg = self.cfg
         pool = splits.pool
         torch.manual_seed(derive_seed(cfg.seed, cycle, "init"))
-        in_ch = int(pool.images.shape[1])
-        kwargs = {"width": cfg.model_width} if cfg.model_width else {}
-        model = build_model(cfg.model, len(splits.classes), in_ch, **kwargs)
+        model = self._build_model(splits)
         if model_state is not None and cfg.train.warm_start:
             model.load_state_dict(model_state)
         labelled = pool.labelled
@@ -275,16 +266,6 @@ class Experiment:
             f"{r['cycle']:>5} {r['n_labelled']:>8} {100 * r['test_acc']:>8.2f} {val:>8} "
             f"{r['seconds_train']:>8.1f} {r['seconds_select']:>8.1f}  {picked}"
         )
-
-
-class _NoAugment:
-    """Train without augmentation: the test-time transform, ignoring the generator."""
-
-    def __init__(self, view: Callable[[torch.Tensor], torch.Tensor]) -> None:
-        self.view = view
-
-    def __call__(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        return self.view(x)
 
 
 def _check_picks(picks: torch.Tensor, cand: torch.Tensor, budget: int) -> None:

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+
+from .utils import atomic_file  # noqa: E402
 
 
 def plot_curve(records: list[dict], path: str | Path, title: str = "") -> None:
@@ -56,13 +56,9 @@ def plot_grid(runs: dict[str, list[list[dict]]], path: str | Path, title: str = 
     _save_atomic(fig, path)
 
 
-def _save_atomic(fig, path: Path) -> None:  # type: ignore[no-untyped-def]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".png")
-    os.close(fd)
+def _save_atomic(fig: plt.Figure, path: Path) -> None:
     try:
-        fig.savefig(tmp)
-        os.replace(tmp, path)
+        with atomic_file(path) as tmp:
+            fig.savefig(tmp, format="png")
     finally:
         plt.close(fig)
-        Path(tmp).unlink(missing_ok=True)

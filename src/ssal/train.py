@@ -105,7 +105,8 @@ def train_supervised(
         model.parameters(), lr=lrs[0], momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=cfg.nesterov
     )
     use_amp = cfg.amp and device.type == "cuda"
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and not torch.cuda.is_bf16_supported()) if use_amp else None
+    # float16 autocast (GPUs without bfloat16) needs loss scaling; bfloat16 does not.
+    scaler = torch.amp.GradScaler("cuda") if use_amp and not torch.cuda.is_bf16_supported() else None
     step = 0
     loss_val = float("nan")
     bar = tqdm(total=total, desc=desc, disable=None if progress else True, leave=False, unit="step")  # None: off when not a terminal
@@ -120,7 +121,7 @@ def train_supervised(
             with _autocast(device, use_amp):
                 loss = F.cross_entropy(model(x), y, label_smoothing=cfg.label_smoothing)
             opt.zero_grad(set_to_none=True)
-            if scaler is not None and scaler.is_enabled():
+            if scaler is not None:
                 scaler.scale(loss).backward()
                 scaler.step(opt)
                 scaler.update()

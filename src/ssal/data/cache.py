@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 import warnings
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -22,6 +21,7 @@ from pathlib import Path
 import torch
 
 from ssal.data.types import ImageData
+from ssal.utils import atomic_torch_save
 
 CACHE_VERSION = 1
 """Bump when the decoded form changes; old entries are then never read."""
@@ -115,16 +115,7 @@ def save_cached(path: Path, key: str, train: ImageData, test: ImageData) -> None
         "test_labels": test.labels,
     }
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                torch.save(blob, fh)
-            os.chmod(tmp, 0o644)  # mkstemp makes 0600; a cache may be shared
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        atomic_torch_save(blob, path)
     except OSError as err:
         warnings.warn(f"could not write dataset cache '{path}': {err}", stacklevel=3)
         return
