@@ -32,6 +32,7 @@ def make_folder(root, corrupt=False):
         (["dataset=nope"], "nope"),
         (["strategy=nope"], "nope"),
         (["model=nope"], "nope"),
+        (["model=vgg16", "model_width=8"], "width"),
         (["--config", "no-such-preset"], "no-such-preset"),
         (["dataset=imagefolder:/no/such/folder"], "/no/such/folder"),
         (["budget=100000"], "budget"),
