@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import ssal.loop as loop
+import ssal.modes as modes
 from ssal.config import resolve_config
 from ssal.loop import run_experiment
 
@@ -55,7 +56,7 @@ def test_resume_after_crash_mid_cycle_equals_uninterrupted(tmp_path, monkeypatch
     extra = ["cycles=3", "strategy=entropy"]
     full = run(tmp_path, "full", extra)
 
-    real_train = loop.train_supervised
+    real_train = modes.train_supervised
     calls = {"n": 0}
 
     def crashing_train(*args, **kwargs):
@@ -64,12 +65,12 @@ def test_resume_after_crash_mid_cycle_equals_uninterrupted(tmp_path, monkeypatch
             raise KeyboardInterrupt
         return real_train(*args, **kwargs)
 
-    monkeypatch.setattr(loop, "train_supervised", crashing_train)
+    monkeypatch.setattr(modes, "train_supervised", crashing_train)
     with pytest.raises(KeyboardInterrupt):
         run(tmp_path, "resumed", extra)
     done = [json.loads(x) for x in (tmp_path / "resumed" / "results.jsonl").read_text().splitlines()]
     assert len(done) == 1
-    monkeypatch.setattr(loop, "train_supervised", real_train)
+    monkeypatch.setattr(modes, "train_supervised", real_train)
     with pytest.raises(Exception, match="already holds a run"):
         run(tmp_path, "resumed", extra)
     resumed = run(tmp_path, "resumed", extra, resume=True)
@@ -163,7 +164,9 @@ def test_test_split_only_in_one_final_evaluation_per_cycle(tmp_path, monkeypatch
 
     _, test = load_dataset("sample")
     test_keys = {bytes(x.numpy().tobytes()) for x in test.images[:200]}
-    real_eval, real_predict = loop.evaluate, loop.predict
+
+
+    real_eval, real_predict = modes.evaluate, modes.predict
     events = []
 
     def spy_eval(model, images, labels, *a, **k):
@@ -178,10 +181,10 @@ def test_test_split_only_in_one_final_evaluation_per_cycle(tmp_path, monkeypatch
         events.append(("train", None))
         return real_train(*a, **k)
 
-    real_train = loop.train_supervised
-    monkeypatch.setattr(loop, "evaluate", spy_eval)
-    monkeypatch.setattr(loop, "predict", spy_predict)
-    monkeypatch.setattr(loop, "train_supervised", spy_train)
+    real_train = modes.train_supervised
+    monkeypatch.setattr(modes, "evaluate", spy_eval)
+    monkeypatch.setattr(modes, "predict", spy_predict)
+    monkeypatch.setattr(modes, "train_supervised", spy_train)
     run(tmp_path, "t", ["val_size=0"])
     kinds = [e[0] for e in events]
     assert kinds.count("eval") == 2  # one test evaluation per cycle, no validation split here

@@ -23,7 +23,7 @@ from .errors import SsalError
 class TrainConfig:
     """How the task model is trained in each cycle."""
 
-    mode: str = "supervised"  # later issues add the self-supervised modes
+    mode: str = "supervised"  # supervised | joint (MoBYv2AL) | pretrain (SSL once, fine-tune) | frozen (SSL once, head only)
     epochs: int = 15
     min_steps: int = 60  # at least this many optimizer steps per cycle (tiny labelled sets)
     batch_size: int = 64
@@ -41,6 +41,39 @@ class TrainConfig:
     amp: bool = True  # mixed precision, used on CUDA only
     channels_last: bool = True
     eval_batch_size: int = 512
+    head: str = "linear"  # frozen mode: linear | mlp head on the cached SSL features
+    head_hidden: int = 512  # frozen mode: hidden width of the mlp head
+
+
+@dataclass
+class SSLConfig:
+    """The self-supervised branch: the method, its weight in joint training, and
+    the once-per-dataset pretraining of the pretrain / frozen modes."""
+
+    method: str = "moby"  # moby | byol | mocov2 | simclr | simsiam | vicreg | rotation | pcl
+    options: dict[str, Any] = field(default_factory=dict)  # method-specific, e.g. {queue_size: 4096, head: linear}
+    # joint mode (MoBYv2AL)
+    lambda_c: float = 0.5  # weight of the SSL loss
+    views: str = "weak_strong"  # SSL views: weak_strong (classifier shares view 1) | strong_strong
+    low_loss_fraction: float = 1.0  # <1: train on the unlabelled images with the lowest SSL loss (MoBYv2AL remedy)
+    # pretraining (pretrain / frozen modes); depends on no label and is cached on disk
+    epochs: int = 30
+    batch_size: int = 256
+    lr: float = 0.06
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    nesterov: bool = False
+    schedule: str = "cosine"
+    milestones: list[int] = field(default_factory=list)
+    gamma: float = 0.1
+    warmup_epochs: float = 1.0
+    crop_scale: float = 0.2  # smallest RandomResizedCrop area of the pretraining views
+    image_size: int = 0  # pretraining view size in px; 0 = native (smaller is faster on a CPU)
+    seed: int = 0  # pretraining seed (independent of the run seed, so the cache is shared across seeds)
+    amp: bool = True
+    channels_last: bool = True
+    checkpoint_minutes: float = 5.0
+    cache_dir: Optional[str] = None  # default <cache_dir>/ssl
 
 
 @dataclass
@@ -64,9 +97,12 @@ class Config:
     threads: int = 0  # torch CPU threads, 0 = torch default
     out: Optional[str] = None  # run folder; default runs/<dataset>-<strategy>-seed<seed>
     plot: bool = True
+    initial_strategy: str = "random"  # how the initial set is chosen: random, or a strategy on the SSL features (cold start)
     train: TrainConfig = field(default_factory=TrainConfig)
+    ssl: SSLConfig = field(default_factory=SSLConfig)
 
 
+TRAIN_MODES = ("supervised", "joint", "pretrain", "frozen")
 PRESET_DIR = "presets"
 
 
@@ -155,7 +191,18 @@ def validate(cfg: DictConfig) -> None:
     need(cfg.val_size >= 0, "val_size", cfg.val_size, "must be >= 0")
     need(cfg.threads >= 0, "threads", cfg.threads, "must be >= 0")
     t = cfg.train
-    need(t.mode == "supervised", "train.mode", t.mode, "choose one of: supervised")
+    need(t.mode in TRAIN_MODES, "train.mode", t.mode, f"choose one of: {', '.join(TRAIN_MODES)}")
+    need(t.head in ("linear", "mlp"), "train.head", t.head, "choose one of: linear, mlp")
+    s = cfg.ssl
+    need(s.lambda_c >= 0, "ssl.lambda_c", s.lambda_c, "must be >= 0")
+    need(s.views in ("weak_strong", "strong_strong"), "ssl.views", s.views, "choose one of: weak_strong, strong_strong")
+    need(0 < s.low_loss_fraction <= 1, "ssl.low_loss_fraction", s.low_loss_fraction, "must be in (0, 1]")
+    need(s.epochs >= 1, "ssl.epochs", s.epochs, "must be at least 1")
+    need(s.batch_size >= 2, "ssl.batch_size", s.batch_size, "must be at least 2")
+    need(s.lr > 0, "ssl.lr", s.lr, "must be > 0")
+    need(0 < s.crop_scale <= 1, "ssl.crop_scale", s.crop_scale, "must be in (0, 1]")
+    need(s.image_size == 0 or s.image_size >= 8, "ssl.image_size", s.image_size, "must be 0 (native) or >= 8")
+    need(s.schedule in ("cosine", "step", "constant"), "ssl.schedule", s.schedule, "choose one of: cosine, step, constant")
     need(t.epochs >= 1, "train.epochs", t.epochs, "must be at least 1")
     need(t.min_steps >= 0, "train.min_steps", t.min_steps, "must be >= 0")
     need(t.batch_size >= 1, "train.batch_size", t.batch_size, "must be at least 1")

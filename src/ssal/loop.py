@@ -24,14 +24,13 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from . import __version__
-from .augment import StrongView, TestView, WeakView, channel_stats
 from .config import to_yaml, validate_against_pool
 from .data import ImageData, apply_class_caps, load_dataset, split_validation
 from .data.oracle import ActivePool, GroundTruthOracle
 from .errors import SsalError
-from .models import build_model
+from .modes import ModeData, Trained, build_classifier, build_ssl_branch, setup_mode, train_cycle
 from .strategies import SelectionContext, build_strategy
-from .train import evaluate, predict, train_supervised
+from .train import predict
 from .utils import atomic_torch_save, atomic_write_json, atomic_write_text, derive_seed, generator, resolve_device
 
 STATE_FILE = "state.json"
@@ -50,6 +49,7 @@ class Splits:
     test: ImageData
     classes: list[str]
     pool_source_index: torch.Tensor  # pool index -> index in the dataset's train split
+    ssl_images: torch.Tensor  # every train-split image kept (pool + validation), in dataset order, for SSL pretraining
 
 
 def prepare_splits(cfg: DictConfig, progress: bool = True) -> Splits:
@@ -65,7 +65,7 @@ def prepare_splits(cfg: DictConfig, progress: bool = True) -> Splits:
     pool_pos, val_pos = split_validation(train.labels[kept], val_size, derive_seed(cfg.seed, "val"))
     pool_idx, val_idx = kept[pool_pos], kept[val_pos]
     pool = ActivePool(train.images[pool_idx], GroundTruthOracle(train.labels[pool_idx]), train.num_classes)
-    return Splits(pool, train.subset(val_idx), test, list(train.classes), pool_idx)
+    return Splits(pool, train.subset(val_idx), test, list(train.classes), pool_idx, train.images[kept.sort().values])
 
 
 def _git_commit() -> str | None:
@@ -118,18 +118,20 @@ class Experiment:
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
             torch.backends.cudnn.benchmark = False
         strategy = build_strategy(cfg.strategy)
+        initial_strategy = None if cfg.initial_strategy == "random" else build_strategy(cfg.initial_strategy)
         state = self._check_out_dir()
         splits = prepare_splits(cfg, self.progress)
         pool = splits.pool
         validate_against_pool(cfg, len(pool))
-        self._build_model(splits)  # a bad model name or option fails here, before anything is written
+        self._check_model(splits)  # a bad model or SSL option fails here, before anything is written
         # Validated: from here on the run folder may be written.
         self.out.mkdir(parents=True, exist_ok=True)
         if state is None:
             atomic_write_text(self.out / CONFIG_FILE, to_yaml(cfg))
-        mean, std = channel_stats(pool.images)
-        prepare = TestView(mean, std)  # un-augmented, normalised: evaluation and selection
-        train_view = {"weak": WeakView, "strong": StrongView, "none": TestView}[cfg.train.augment](mean, std)
+        val = (splits.val.images, splits.val.labels) if len(splits.val) else None
+        md = setup_mode(
+            cfg, pool.images, val, (splits.test.images, splits.test.labels), splits.ssl_images, len(splits.classes), device, self.progress, self.log
+        )
 
         records: list[dict] = []
         start_cycle = 0
@@ -142,53 +144,59 @@ class Experiment:
                 model_state = torch.load(self.out / "model.pt", map_location="cpu")
             self.log(f"resuming {self.out} at cycle {start_cycle}")
         else:
-            init = torch.randperm(len(pool), generator=generator(cfg.seed, "initial"))[: cfg.initial]
-            pool.label(init)
+            pool.label(self._initial_set(md, initial_strategy, len(pool)))
         self._print_header()
         for r in records:
             self._print_row(r)
         for cycle in range(start_cycle, cfg.cycles):
-            rec, model_state = self._cycle(cycle, splits, strategy, train_view, prepare, device, model_state)
+            rec, model_state = self._cycle(cycle, splits, strategy, md, model_state)
             records.append(rec)
             self._save(records, pool, cycle + 1, model_state)
             self._print_row(rec)  # _save has drawn the curve after every cycle
         return records
 
     # -- one cycle ------------------------------------------------------------
-    def _build_model(self, splits: Splits) -> torch.nn.Module:
-        kwargs = {"width": self.cfg.model_width} if self.cfg.model_width else {}
-        return build_model(self.cfg.model, len(splits.classes), int(splits.pool.images.shape[1]), **kwargs)
+    def _check_model(self, splits: Splits) -> None:
+        model = build_classifier(self.cfg, len(splits.classes), int(splits.pool.images.shape[1]))
+        if self.cfg.train.mode != "supervised":
+            build_ssl_branch(self.cfg, model)
 
-    def _cycle(self, cycle, splits: Splits, strategy, train_view, prepare, device, model_state):
+    def _initial_set(self, md: ModeData, initial_strategy, pool_size: int) -> torch.Tensor:
+        """``initial`` images drawn at random, or picked by ``initial_strategy`` on
+        the representation available before any label (cold start: the SSL
+        encoder in pretrain / frozen mode, else the untrained network)."""
+        cfg = self.cfg
+        if initial_strategy is None:
+            return torch.randperm(pool_size, generator=generator(cfg.seed, "initial"))[: cfg.initial]
+        g = generator(cfg.seed, "initial")
+        if md.frozen_features:
+            embed = lambda idx: (torch.empty(idx.numel(), 0), md.frozen_features["pool"][idx])  # noqa: E731
+        else:
+            torch.manual_seed(derive_seed(cfg.seed, "initial-model"))
+            model = build_classifier(cfg, md.num_classes, int(md.pool_images.shape[1]))
+            if md.ssl_backbone is not None:
+                model.backbone.load_state_dict(md.ssl_backbone)
+            embed = lambda idx: predict_pool(model, md, idx)  # noqa: E731
+        cand = torch.arange(pool_size)
+        if cfg.subset is not None and cfg.subset < pool_size:
+            cand = torch.randperm(pool_size, generator=g)[: max(cfg.subset, cfg.initial)].sort().values
+        ctx = SelectionContext(candidates=cand, labelled=torch.empty(0, dtype=torch.long), embed=embed, generator=g)
+        picks = initial_strategy.select(ctx, cfg.initial)
+        _check_picks(picks, cand, cfg.initial)
+        return picks
+
+    def _cycle(self, cycle, splits: Splits, strategy, md: ModeData, model_state):
         cfg = self.cfg
         pool = splits.pool
-        torch.manual_seed(derive_seed(cfg.seed, cycle, "init"))
-        model = self._build_model(splits)
-        if model_state is not None and cfg.train.warm_start:
-            model.load_state_dict(model_state)
         labelled = pool.labelled
         y = pool.targets(labelled)
         t0 = time.perf_counter()
-        stats = train_supervised(
-            model,
-            pool.images[labelled],
-            y,
-            cfg.train,
-            train_view,
-            generator(cfg.seed, cycle, "train"),
-            device,
-            progress=self.progress,
-            desc=f"cycle {cycle} train",
-        )
+        trained: Trained = train_cycle(md, cycle, labelled, y, pool.unlabelled, model_state)
+        stats = trained.stats
         seconds_train = time.perf_counter() - t0
-        ev = dict(device=device, batch_size=cfg.train.eval_batch_size, amp=cfg.train.amp, channels_last=cfg.train.channels_last)
         t0 = time.perf_counter()
-        test = evaluate(model, splits.test.images, splits.test.labels, len(splits.classes), prepare, **ev)
-        val = (
-            evaluate(model, splits.val.images, splits.val.labels, len(splits.classes), prepare, **ev)
-            if len(splits.val)
-            else None
-        )
+        test = trained.evaluate("test", splits.test.labels)
+        val = trained.evaluate("val", splits.val.labels) if len(splits.val) else None
         seconds_eval = time.perf_counter() - t0
 
         picks = torch.empty(0, dtype=torch.long)
@@ -201,11 +209,13 @@ class Experiment:
             g = generator(cfg.seed, cycle, "select")
             cand = unl if size >= len(unl) else unl[torch.randperm(len(unl), generator=g)[:size]].sort().values
             n_candidates = int(cand.numel())
-
-            def embed(idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-                return predict(model, pool.images[idx], prepare, **ev)
-
-            ctx = SelectionContext(candidates=cand, labelled=pool.labelled, embed=embed, generator=g)
+            ctx = SelectionContext(
+                candidates=cand,
+                labelled=pool.labelled,
+                embed=lambda idx: trained.embed("pool", idx),
+                generator=g,
+                ssl_loss=trained.ssl_loss if cfg.train.mode == "joint" else None,
+            )
             picks = strategy.select(ctx, cfg.budget)
             _check_picks(picks, cand, cfg.budget)
             seconds_select = time.perf_counter() - t0
@@ -228,10 +238,11 @@ class Experiment:
             "seconds_select": round(seconds_select, 3),
             "seed": int(cfg.seed),
             "strategy": cfg.strategy,
+            "mode": cfg.train.mode,
             "model": cfg.model,
             "dataset": cfg.dataset,
         }
-        new_state = model.state_dict() if cfg.train.warm_start else None
+        new_state = trained.state_dict() if cfg.train.warm_start else None
         return rec, new_state
 
     def _save(self, records: list[dict], pool: ActivePool, next_cycle: int, model_state) -> None:
@@ -266,6 +277,10 @@ class Experiment:
             f"{r['cycle']:>5} {r['n_labelled']:>8} {100 * r['test_acc']:>8.2f} {val:>8} "
             f"{r['seconds_train']:>8.1f} {r['seconds_select']:>8.1f}  {picked}"
         )
+
+
+def predict_pool(model, md: ModeData, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    return predict(model, md.pool_images[idx], md.prepare, **md.eval_kwargs())
 
 
 def _check_picks(picks: torch.Tensor, cand: torch.Tensor, budget: int) -> None:

@@ -16,13 +16,16 @@ import math
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .config import TrainConfig
+
+if TYPE_CHECKING:
+    from .ssl import SSLMethod
 
 View = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
 
@@ -73,6 +76,41 @@ class TrainStats:
         return {"steps": self.steps, "epochs": self.epochs, "final_loss": self.final_loss, "seconds": self.seconds}
 
 
+class _Stepper:
+    """SGD with momentum, the per-step LR schedule, and AMP loss scaling: one
+    optimizer step of any training mode."""
+
+    def __init__(self, params, cfg: TrainConfig, lrs: list[float], device: torch.device) -> None:
+        self.opt = torch.optim.SGD(
+            params, lr=lrs[0], momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=cfg.nesterov
+        )
+        self.lrs = lrs
+        self.use_amp = cfg.amp and device.type == "cuda"
+        # float16 autocast (GPUs without bfloat16) needs loss scaling; bfloat16 does not.
+        self.scaler = torch.amp.GradScaler("cuda") if self.use_amp and not torch.cuda.is_bf16_supported() else None
+        self.device = device
+
+    def autocast(self):
+        return _autocast(self.device, self.use_amp)
+
+    def step(self, k: int, loss: torch.Tensor) -> None:
+        for group in self.opt.param_groups:
+            group["lr"] = self.lrs[k]
+        self.opt.zero_grad(set_to_none=True)
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.opt)
+            self.scaler.update()
+        else:
+            loss.backward()
+            self.opt.step()
+
+
+def _bar(total: int, desc: str, progress: bool):
+    # disable=None: off when stderr is not a terminal
+    return tqdm(total=total, desc=desc, disable=None if progress else True, leave=False, unit="step")
+
+
 def train_supervised(
     model: torch.nn.Module,
     images: torch.Tensor,
@@ -96,38 +134,22 @@ def train_supervised(
     spe = math.ceil(n / bs)
     epochs = max(cfg.epochs, math.ceil(cfg.min_steps / spe))
     total = epochs * spe
-    lrs = lr_schedule(cfg, spe, total)
     images = images.to(device)
     labels = labels.to(device)
     model.to(device=device, memory_format=_memory_format(cfg))
     model.train()
-    opt = torch.optim.SGD(
-        model.parameters(), lr=lrs[0], momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=cfg.nesterov
-    )
-    use_amp = cfg.amp and device.type == "cuda"
-    # float16 autocast (GPUs without bfloat16) needs loss scaling; bfloat16 does not.
-    scaler = torch.amp.GradScaler("cuda") if use_amp and not torch.cuda.is_bf16_supported() else None
+    stepper = _Stepper(model.parameters(), cfg, lr_schedule(cfg, spe, total), device)
     step = 0
     loss_val = float("nan")
-    bar = tqdm(total=total, desc=desc, disable=None if progress else True, leave=False, unit="step")  # None: off when not a terminal
+    bar = _bar(total, desc, progress)
     for _ in range(epochs):
         perm = torch.randperm(n, generator=generator).to(device)
         for b in range(spe):
             idx = perm[b * bs : (b + 1) * bs]
             x = view(images[idx], generator).contiguous(memory_format=_memory_format(cfg))
-            y = labels[idx]
-            for group in opt.param_groups:
-                group["lr"] = lrs[step]
-            with _autocast(device, use_amp):
-                loss = F.cross_entropy(model(x), y, label_smoothing=cfg.label_smoothing)
-            opt.zero_grad(set_to_none=True)
-            if scaler is not None:
-                scaler.scale(loss).backward()
-                scaler.step(opt)
-                scaler.update()
-            else:
-                loss.backward()
-                opt.step()
+            with stepper.autocast():
+                loss = F.cross_entropy(model(x), labels[idx], label_smoothing=cfg.label_smoothing)
+            stepper.step(step, loss)
             step += 1
             if step % 10 == 0 or step == total:
                 loss_val = float(loss.detach())
@@ -135,6 +157,163 @@ def train_supervised(
             bar.update(1)
     bar.close()
     return TrainStats(steps=step, epochs=epochs, final_loss=loss_val, seconds=time.perf_counter() - start)
+
+
+@torch.no_grad()
+def ssl_sample_losses(
+    method: "SSLMethod",
+    images: torch.Tensor,
+    views: tuple[View, View],
+    generator: torch.Generator,
+    device: torch.device,
+    batch_size: int = 512,
+    channels_last: bool = True,
+) -> torch.Tensor:
+    """Per-image SSL loss of ``images`` (uint8) in eval mode, changing no state of
+    ``method`` (``update=False``: no enqueue, no EMA). Used by ``ssl_loss_high``
+    and by the low-loss filter of joint training (MoBYv2AL, Sec. 4.3)."""
+    was = method.training
+    method.eval()
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    out = []
+    for s in range(0, int(images.shape[0]), batch_size):
+        x = images[s : s + batch_size].to(device)
+        vs = [views[0](x, generator).contiguous(memory_format=fmt), views[1](x, generator).contiguous(memory_format=fmt)]
+        out.append(method(vs, update=False).per_sample.float().cpu())
+    method.train(was)
+    return torch.cat(out) if out else torch.empty(0)
+
+
+def train_joint(
+    model: torch.nn.Module,
+    method: "SSLMethod",
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    unlabelled_images: Callable[[torch.Tensor], torch.Tensor],
+    num_unlabelled: int,
+    cfg: TrainConfig,
+    views: tuple[View, View],
+    generator: torch.Generator,
+    device: torch.device,
+    lambda_c: float = 0.5,
+    low_loss_fraction: float = 1.0,
+    progress: bool = True,
+    desc: str = "train",
+) -> TrainStats:
+    """MoBYv2AL joint training (Caramalau et al., BMVC 2022, Sec. 3, Eq. 3-4).
+
+    Batches alternate labelled / unlabelled. A labelled batch costs
+    ``CE(head(f_q(weak)), y) + lambda_c * L_ssl``, an unlabelled batch
+    ``lambda_c * L_ssl``; the classifier reads the online encoder's features of
+    the weak view (``views[0]``, also the SSL loss's first view, so one forward
+    pass serves both). Each epoch draws ``len(images)`` unlabelled images without
+    replacement through ``unlabelled_images(positions)`` (positions in
+    ``range(num_unlabelled)``): this function returns images only, so no pool
+    label can reach the trainer. The SSL state (queues, momentum target) is
+    updated after both kinds of batch.
+
+    ``low_loss_fraction`` < 1 is the paper's remedy for distribution shift: each
+    epoch scores ``len(images) / low_loss_fraction`` random unlabelled images by
+    their SSL loss (no state change) and trains on the ``len(images)`` lowest.
+    """
+    if method.encoder is not getattr(model, "backbone", None):
+        raise ValueError("joint training needs the SSL method built on the classifier's backbone")
+    start = time.perf_counter()
+    n = int(images.shape[0])
+    n_u = min(n, num_unlabelled)
+    bs = min(cfg.batch_size, n)
+    spe = math.ceil(n / bs)
+    spe_u = math.ceil(n_u / bs) if n_u else 0
+    epochs = max(cfg.epochs, math.ceil(cfg.min_steps / (spe + spe_u)))
+    total = epochs * (spe + spe_u)
+    fmt = _memory_format(cfg)
+    images = images.to(device)
+    labels = labels.to(device)
+    model.to(device=device, memory_format=fmt)
+    method.to(device=device, memory_format=fmt)
+    model.train()
+    method.train()
+    params = {id(p): p for p in list(model.parameters()) + method.trainable_parameters()}
+    stepper = _Stepper(list(params.values()), cfg, lr_schedule(cfg, spe + spe_u, total), device)
+    step = 0
+    loss_val = float("nan")
+    bar = _bar(total, desc, progress)
+
+    def ssl_views(x: torch.Tensor) -> list[torch.Tensor]:
+        return [v(x, generator).contiguous(memory_format=fmt) for v in views[: max(method.num_views, 1)]]
+
+    def one_step(x: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
+        nonlocal step
+        vs = ssl_views(x)
+        with stepper.autocast():
+            out = method(vs, update=True)
+            loss = lambda_c * out.loss
+            if y is not None:
+                feats = out.features if out.features is not None else model.features(views[0](x, generator).contiguous(memory_format=fmt))
+                loss = loss + F.cross_entropy(model.head(feats), y, label_smoothing=cfg.label_smoothing)
+        stepper.step(step, loss)
+        method.after_step(step, total)
+        step += 1
+        bar.update(1)
+        return loss
+
+    for _ in range(epochs):
+        perm = torch.randperm(n, generator=generator).to(device)
+        upos = torch.empty(0, dtype=torch.long)
+        if n_u:
+            if low_loss_fraction < 1.0:
+                m = min(num_unlabelled, math.ceil(n_u / low_loss_fraction))
+                cand = torch.randperm(num_unlabelled, generator=generator)[:m]
+                scores = ssl_sample_losses(method, unlabelled_images(cand), views, generator, device, cfg.eval_batch_size, cfg.channels_last)
+                upos = cand[torch.sort(scores, stable=True).indices[:n_u]]
+                upos = upos[torch.randperm(n_u, generator=generator)]
+            else:
+                upos = torch.randperm(num_unlabelled, generator=generator)[:n_u]
+        for b in range(max(spe, spe_u)):
+            if b < spe:
+                idx = perm[b * bs : (b + 1) * bs]
+                loss = one_step(images[idx], labels[idx])
+            if b < spe_u:
+                loss = one_step(unlabelled_images(upos[b * bs : (b + 1) * bs]).to(device), None)
+            if b % 5 == 0:
+                loss_val = float(loss.detach())
+                bar.set_postfix(loss=f"{loss_val:.3f}", refresh=False)
+    loss_val = float(loss.detach())
+    bar.close()
+    return TrainStats(steps=step, epochs=epochs, final_loss=loss_val, seconds=time.perf_counter() - start)
+
+
+def train_head(
+    head: torch.nn.Module,
+    features: torch.Tensor,
+    labels: torch.Tensor,
+    cfg: TrainConfig,
+    generator: torch.Generator,
+    device: torch.device,
+) -> TrainStats:
+    """Frozen mode: train only a linear or MLP head on cached backbone features
+    (the linear-evaluation protocol of SimCLR / BYOL, here once per AL cycle).
+    Same optimizer, schedule and epochs as the other modes; no augmentation."""
+    start = time.perf_counter()
+    n = int(features.shape[0])
+    bs = min(cfg.batch_size, n)
+    spe = math.ceil(n / bs)
+    epochs = max(cfg.epochs, math.ceil(cfg.min_steps / spe))
+    total = epochs * spe
+    features, labels = features.to(device), labels.to(device)
+    head.to(device)
+    head.train()
+    stepper = _Stepper(head.parameters(), cfg, lr_schedule(cfg, spe, total), device)
+    step = 0
+    loss = torch.tensor(float("nan"))
+    for _ in range(epochs):
+        perm = torch.randperm(n, generator=generator).to(device)
+        for b in range(spe):
+            idx = perm[b * bs : (b + 1) * bs]
+            loss = F.cross_entropy(head(features[idx]), labels[idx], label_smoothing=cfg.label_smoothing)
+            stepper.step(step, loss)
+            step += 1
+    return TrainStats(steps=step, epochs=epochs, final_loss=float(loss.detach()), seconds=time.perf_counter() - start)
 
 
 @torch.no_grad()
@@ -163,6 +342,18 @@ def predict(
     return torch.cat(logits), torch.cat(feats)
 
 
+def accuracy_report(logits: torch.Tensor, labels: torch.Tensor, num_classes: int) -> dict:
+    """Accuracy and per-class accuracy of ``logits`` against ``labels``."""
+    pred = logits.argmax(1)
+    labels = labels.cpu()
+    correct = pred == labels
+    per_class = []
+    for c in range(num_classes):
+        m = labels == c
+        per_class.append(float(correct[m].float().mean()) if bool(m.any()) else float("nan"))
+    return {"acc": float(correct.float().mean()), "per_class_acc": per_class, "n": int(labels.numel())}
+
+
 def evaluate(
     model: torch.nn.Module,
     images: torch.Tensor,
@@ -176,11 +367,4 @@ def evaluate(
 ) -> dict:
     """Accuracy and per-class accuracy over every image of a split."""
     logits, _ = predict(model, images, prepare, device, batch_size, amp, channels_last)
-    pred = logits.argmax(1)
-    labels = labels.cpu()
-    correct = pred == labels
-    per_class = []
-    for c in range(num_classes):
-        m = labels == c
-        per_class.append(float(correct[m].float().mean()) if bool(m.any()) else float("nan"))
-    return {"acc": float(correct.float().mean()), "per_class_acc": per_class, "n": int(labels.numel())}
+    return accuracy_report(logits, labels, num_classes)

@@ -26,18 +26,16 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
 }
 
 
-def build_model(name: str, num_classes: int, in_channels: int = 3, **kwargs: Any) -> Classifier:
-    """Backbone ``name`` from :data:`MODELS` with a linear ``num_classes`` head.
+def build_backbone(name: str, in_channels: int = 3, **kwargs: Any) -> nn.Module:
+    """Backbone ``name`` from :data:`MODELS` (image -> ``feat_dim`` features).
 
     ``kwargs`` go to the backbone builder (e.g. ``width`` for ``smallcnn``).
-    Raises :class:`~ssal.errors.SsalError` for an unknown name or bad sizes.
+    Raises :class:`~ssal.errors.SsalError` for an unknown name or option.
     """
     if name not in MODELS:
         raise SsalError(f"unknown model {name!r}; choose one of: {', '.join(sorted(MODELS))}")
     if in_channels not in (1, 3):
         raise SsalError(f"in_channels must be 1 or 3, got {in_channels}")
-    if num_classes < 2:
-        raise SsalError(f"num_classes must be at least 2, got {num_classes}")
     builder = MODELS[name]
     accepted = set(inspect.signature(builder).parameters) - {"in_channels"}
     unknown = sorted(set(kwargs) - accepted)
@@ -45,8 +43,15 @@ def build_model(name: str, num_classes: int, in_channels: int = 3, **kwargs: Any
         raise SsalError(
             f"model {name!r} has no option {unknown[0]!r}; it takes: {', '.join(sorted(accepted)) or 'none'}"
         )
-    backbone = builder(in_channels=in_channels, **kwargs)
+    return builder(in_channels=in_channels, **kwargs)
+
+
+def build_model(name: str, num_classes: int, in_channels: int = 3, **kwargs: Any) -> Classifier:
+    """Backbone ``name`` (:func:`build_backbone`) with a linear ``num_classes`` head."""
+    if num_classes < 2:
+        raise SsalError(f"num_classes must be at least 2, got {num_classes}")
+    backbone = build_backbone(name, in_channels, **kwargs)
     return Classifier(backbone, int(getattr(backbone, "feat_dim")), num_classes)
 
 
-__all__ = ["MODELS", "Classifier", "build_model"]
+__all__ = ["MODELS", "Classifier", "build_backbone", "build_model"]

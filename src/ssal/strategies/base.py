@@ -28,12 +28,16 @@ class SelectionContext:
     embed: pool indices -> (logits (n, C), features (n, D)) of the un-augmented
         images, from the current model in eval mode.
     generator: seeded CPU generator for any randomness.
+    ssl_loss: pool indices -> (n,) per-image self-supervised loss of the current
+        model (joint mode only; None otherwise), computed without changing the
+        SSL state.
     """
 
     candidates: torch.Tensor
     labelled: torch.Tensor
     embed: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
     generator: torch.Generator
+    ssl_loss: Callable[[torch.Tensor], torch.Tensor] | None = None
 
 
 class Strategy(ABC):

@@ -1,0 +1,260 @@
+"""The training modes of the AL loop (``train.mode``), behind one interface.
+
+Each cycle the loop asks the mode for a :class:`Trained` model built on the
+labelled set and then only talks to that object: ``evaluate(split)`` for the
+final test evaluation, ``embed(idx)`` for selection (logits and features of
+un-augmented pool images), ``ssl_loss(idx)`` for ``ssl_loss_high``.
+
+- ``supervised``: cross-entropy on L only.
+- ``joint``: MoBYv2AL (Caramalau et al., BMVC 2022): classifier + SSL branch on
+  one encoder, labelled and unlabelled batches alternating (:func:`train_joint`).
+- ``pretrain``: the multi-stage baseline: SSL once on the training images
+  (cached, :mod:`ssal.pretrain`), then fine-tune the whole network each cycle.
+- ``frozen``: SSL once, features of every image computed once, then only a
+  linear or MLP head is trained per cycle.
+
+Labels enter only through ``labels`` of the labelled set, read by the loop from
+the oracle; unlabelled pool images reach the trainers as images alone.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+from omegaconf import DictConfig
+from torch import nn
+
+from .augment import StrongView, TestView, WeakView, channel_stats
+from .models import build_model
+from .ssl import SSLMethod, build_ssl
+from .train import (
+    TrainStats,
+    accuracy_report,
+    evaluate,
+    predict,
+    ssl_sample_losses,
+    train_head,
+    train_joint,
+    train_supervised,
+)
+from .utils import derive_seed, generator
+
+
+@dataclass
+class ModeData:
+    """What a mode needs besides the config: the splits, device, normalisation,
+    and, for pretrain / frozen, the SSL encoder and its cached features."""
+
+    cfg: DictConfig
+    pool_images: torch.Tensor
+    val: tuple[torch.Tensor, torch.Tensor] | None
+    test: tuple[torch.Tensor, torch.Tensor]
+    num_classes: int
+    device: torch.device
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    progress: bool = True
+    ssl_backbone: dict[str, torch.Tensor] | None = None
+    frozen_features: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    @property
+    def prepare(self) -> TestView:
+        return TestView(self.mean, self.std)
+
+    def images(self, split: str) -> torch.Tensor:
+        return {"pool": self.pool_images, "test": self.test[0], "val": self.val[0] if self.val else torch.empty(0)}[split]
+
+    def eval_kwargs(self) -> dict:
+        t = self.cfg.train
+        return dict(device=self.device, batch_size=t.eval_batch_size, amp=t.amp, channels_last=t.channels_last)
+
+
+def model_kwargs(cfg: DictConfig) -> dict:
+    return {"width": cfg.model_width} if cfg.model_width else {}
+
+
+def build_classifier(cfg: DictConfig, num_classes: int, in_channels: int) -> nn.Module:
+    return build_model(cfg.model, num_classes, in_channels, **model_kwargs(cfg))
+
+
+def joint_views(cfg: DictConfig, mean, std) -> tuple:
+    """The two SSL views of joint training: (weak, strong) - the classifier reads
+    the first - or (strong, strong)."""
+    first = WeakView(mean, std) if cfg.ssl.views == "weak_strong" else StrongView(mean, std)
+    return first, StrongView(mean, std)
+
+
+def build_ssl_branch(cfg: DictConfig, model: nn.Module) -> SSLMethod:
+    return build_ssl(str(cfg.ssl.method), model.backbone, int(model.feat_dim), **dict(cfg.ssl.options))
+
+
+class Trained:
+    """A model trained in one cycle, in whatever mode."""
+
+    stats: TrainStats
+
+    def embed(self, split: str, idx: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError  # pragma: no cover
+
+    def evaluate(self, split: str, labels: torch.Tensor) -> dict:
+        raise NotImplementedError  # pragma: no cover
+
+    def ssl_loss(self, idx: torch.Tensor) -> torch.Tensor | None:
+        return None
+
+    def state_dict(self) -> dict:
+        return {}
+
+
+class NetworkTrained(Trained):
+    """supervised / joint / pretrain: a whole network, run on un-augmented images."""
+
+    def __init__(self, md: ModeData, model: nn.Module, stats: TrainStats, method: SSLMethod | None = None, seed_keys=()) -> None:
+        self.md, self.model, self.stats, self.method = md, model, stats, method
+        self.seed_keys = seed_keys
+
+    def embed(self, split: str, idx: torch.Tensor | None = None):
+        images = self.md.images(split)
+        return predict(self.model, images if idx is None else images[idx], self.md.prepare, **self.md.eval_kwargs())
+
+    def evaluate(self, split: str, labels: torch.Tensor) -> dict:
+        return evaluate(self.model, self.md.images(split), labels, self.md.num_classes, self.md.prepare, **self.md.eval_kwargs())
+
+    def ssl_loss(self, idx: torch.Tensor) -> torch.Tensor | None:
+        if self.method is None:
+            return None
+        views = joint_views(self.md.cfg, self.md.mean, self.md.std)
+        g = generator(self.md.cfg.seed, *self.seed_keys, "ssl-score")
+        t = self.md.cfg.train
+        return ssl_sample_losses(self.method, self.md.pool_images[idx], views, g, self.md.device, t.eval_batch_size, t.channels_last)
+
+    def state_dict(self) -> dict:
+        return self.model.state_dict()
+
+
+class FrozenTrained(Trained):
+    """frozen: a head on cached features of the SSL encoder."""
+
+    def __init__(self, md: ModeData, head: nn.Module, stats: TrainStats) -> None:
+        self.md, self.head, self.stats = md, head, stats
+
+    @torch.no_grad()
+    def embed(self, split: str, idx: torch.Tensor | None = None):
+        feats = self.md.frozen_features[split]
+        feats = feats if idx is None else feats[idx]
+        self.head.eval()
+        return self.head(feats.to(self.md.device)).float().cpu(), feats
+
+    def evaluate(self, split: str, labels: torch.Tensor) -> dict:
+        logits, _ = self.embed(split)
+        return accuracy_report(logits, labels, self.md.num_classes)
+
+    def state_dict(self) -> dict:
+        return self.head.state_dict()
+
+
+def make_head(cfg: DictConfig, feat_dim: int, num_classes: int) -> nn.Module:
+    if cfg.train.head == "mlp":
+        h = int(cfg.train.head_hidden)
+        return nn.Sequential(nn.Linear(feat_dim, h), nn.BatchNorm1d(h), nn.ReLU(inplace=True), nn.Linear(h, num_classes))
+    return nn.Linear(feat_dim, num_classes)
+
+
+def train_cycle(
+    md: ModeData,
+    cycle: int,
+    labelled: torch.Tensor,
+    labels: torch.Tensor,
+    unlabelled: torch.Tensor,
+    model_state: dict | None,
+) -> Trained:
+    """Train this cycle's model on the labelled pool indices ``labelled`` with
+    ``labels``; ``unlabelled`` (pool indices, no labels) feeds the SSL branch."""
+    cfg = md.cfg
+    mode = cfg.train.mode
+    seed = cfg.seed
+    torch.manual_seed(derive_seed(seed, cycle, "init"))
+    g = generator(seed, cycle, "train")
+    desc = f"cycle {cycle} train"
+    if mode == "frozen":
+        feats = md.frozen_features["pool"]
+        head = make_head(cfg, int(feats.shape[1]), md.num_classes)
+        if model_state is not None and cfg.train.warm_start:
+            head.load_state_dict(model_state)
+        stats = train_head(head, feats[labelled], labels, cfg.train, g, md.device)
+        return FrozenTrained(md, head, stats)
+    in_ch = int(md.pool_images.shape[1])
+    model = build_classifier(cfg, md.num_classes, in_ch)
+    if mode == "pretrain" and md.ssl_backbone is not None:
+        model.backbone.load_state_dict(md.ssl_backbone)
+    if model_state is not None and cfg.train.warm_start:
+        model.load_state_dict(model_state)
+    if mode == "joint":
+        method = build_ssl_branch(cfg, model)
+        pool_images = md.pool_images
+
+        def unlabelled_images(pos: torch.Tensor) -> torch.Tensor:
+            return pool_images[unlabelled[pos]]
+
+        stats = train_joint(
+            model,
+            method,
+            md.pool_images[labelled],
+            labels,
+            unlabelled_images,
+            int(unlabelled.numel()),
+            cfg.train,
+            joint_views(cfg, md.mean, md.std),
+            g,
+            md.device,
+            lambda_c=float(cfg.ssl.lambda_c),
+            low_loss_fraction=float(cfg.ssl.low_loss_fraction),
+            progress=md.progress,
+            desc=desc,
+        )
+        return NetworkTrained(md, model, stats, method, seed_keys=(cycle,))
+    view = {"weak": WeakView, "strong": StrongView, "none": TestView}[cfg.train.augment](md.mean, md.std)
+    stats = train_supervised(model, md.pool_images[labelled], labels, cfg.train, view, g, md.device, progress=md.progress, desc=desc)
+    return NetworkTrained(md, model, stats)
+
+
+def setup_mode(
+    cfg: DictConfig,
+    pool_images: torch.Tensor,
+    val: tuple[torch.Tensor, torch.Tensor] | None,
+    test: tuple[torch.Tensor, torch.Tensor],
+    ssl_images: torch.Tensor,
+    num_classes: int,
+    device: torch.device,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+) -> ModeData:
+    """Normalisation statistics and, for pretrain / frozen, the cached SSL
+    pretraining on ``ssl_images`` (train-split images, no labels) and frozen features."""
+    mode = cfg.train.mode
+    if mode in ("pretrain", "frozen"):
+        from .pretrain import pretrain
+
+        mean, std = channel_stats(ssl_images)
+        backbone, meta, _ = pretrain(
+            ssl_images, cfg.model, model_kwargs(cfg), cfg.ssl, mean, std, device, cfg.cache_dir, progress, log
+        )
+        md = ModeData(cfg, pool_images, val, test, num_classes, device, tuple(meta["mean"]), tuple(meta["std"]), progress, backbone)
+        if mode == "frozen":
+            md.frozen_features = frozen_features(md)
+        return md
+    mean, std = channel_stats(pool_images)
+    return ModeData(cfg, pool_images, val, test, num_classes, device, mean, std, progress)
+
+
+def frozen_features(md: ModeData) -> dict[str, torch.Tensor]:
+    """Encoder features of every pool, validation and test image, computed once."""
+    model = build_classifier(md.cfg, md.num_classes, int(md.pool_images.shape[1]))
+    model.backbone.load_state_dict(md.ssl_backbone)
+    out = {}
+    for split in ("pool", "val", "test"):
+        images = md.images(split)
+        out[split] = predict(model, images, md.prepare, **md.eval_kwargs())[1] if images.numel() else torch.empty(0, model.feat_dim)
+    return out

@@ -1,0 +1,238 @@
+"""Self-supervised pretraining for the ``pretrain`` and ``frozen`` modes: run once
+per (images, backbone, SSL config), cached on disk, resumable.
+
+Pretraining reads images only (uint8 tensors, no labels), so its result is valid
+for every strategy, cycle and run seed that uses the same images; it is keyed by
+a fingerprint of the image bytes, the backbone and every SSL setting, and stored
+under ``<cache>/ssl/<method>-<key>/``:
+
+- ``checkpoint.pt``: the method, optimizer and augmentation-generator state,
+  written atomically every ``ssl.checkpoint_minutes`` and at each epoch's end; a
+  killed pretraining restarts from it and ends bit-identical to an uninterrupted
+  one (same batches, same views, same steps).
+- ``backbone.pt``: the finished online encoder (``{"backbone": state_dict,
+  "meta": {...}}``), what the AL cycles load.
+- ``log.jsonl``: loss and images/s per epoch. ``meta.json``: the settings.
+
+A file lock lets parallel runs (``ssal bench --workers``) share one pretraining:
+the second waits for the first instead of repeating it.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import math
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from .augment import StrongView, TestView, WeakView
+from .data.cache import resolve_cache_dir
+from .models import build_backbone
+from .ssl import SSLMethod, build_ssl
+from .train import _bar, _memory_format, _Stepper, lr_schedule
+from .utils import atomic_torch_save, atomic_write_json, derive_seed, generator
+
+CACHE_FORMAT = 1
+# SSL settings that do not change the result (where and how often to save)
+_NOT_IN_KEY = {"cache_dir", "checkpoint_minutes", "lambda_c", "views", "low_loss_fraction"}
+
+
+def images_fingerprint(images: torch.Tensor) -> str:
+    """sha256 of the shape and bytes of a uint8 image tensor (about 0.3 s for CIFAR-10)."""
+    h = hashlib.sha256(repr((tuple(images.shape), str(images.dtype))).encode())
+    h.update(images.contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def pretrain_key(fingerprint: str, model: str, model_kwargs: dict, in_channels: int, ssl_cfg: DictConfig | dict) -> str:
+    """Cache key: image fingerprint + backbone + every SSL setting that changes the result."""
+    ssl = OmegaConf.to_container(ssl_cfg) if isinstance(ssl_cfg, DictConfig) else dict(ssl_cfg)
+    ssl = {k: v for k, v in ssl.items() if k not in _NOT_IN_KEY}
+    blob = json.dumps(
+        {"format": CACHE_FORMAT, "images": fingerprint, "model": model, "model_kwargs": model_kwargs, "in_channels": in_channels, "ssl": ssl},
+        sort_keys=True,
+    )
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def pretrain_views(ssl_cfg: DictConfig, mean, std, num_views: int) -> list:
+    """Two strong views (BYOL's recipe at ``crop_scale``, output ``image_size``);
+    a weak view for single-view methods (rotation)."""
+    size = int(ssl_cfg.image_size) or None
+    if num_views == 1:
+        return [WeakView(mean, std)]
+    strong = StrongView(mean, std, scale=(float(ssl_cfg.crop_scale), 1.0), out_size=size)
+    return [strong] * num_views
+
+
+def _batches(images: torch.Tensor, prepare, device, batch_size: int, fmt) -> Callable[[], Iterator[torch.Tensor]]:
+    def it() -> Iterator[torch.Tensor]:
+        for s in range(0, int(images.shape[0]), batch_size):
+            yield prepare(images[s : s + batch_size].to(device)).contiguous(memory_format=fmt)
+
+    return it
+
+
+def pretrain(
+    images: torch.Tensor,
+    model: str,
+    model_kwargs: dict[str, Any],
+    ssl_cfg: DictConfig,
+    mean,
+    std,
+    device: torch.device,
+    cache_dir: str | None = None,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+    stop_after_steps: int | None = None,
+) -> tuple[dict[str, torch.Tensor], dict[str, Any], Path]:
+    """Pretrain (or load from the cache) the backbone ``model`` with ``ssl_cfg.method``
+    on ``images`` (uint8, N x C x H x W). Returns ``(backbone_state, meta, folder)``.
+
+    ``stop_after_steps`` stops early after writing a checkpoint (tests of resume).
+    """
+    in_channels = int(images.shape[1])
+    fp = images_fingerprint(images)
+    key = pretrain_key(fp, model, model_kwargs, in_channels, ssl_cfg)
+    root = Path(ssl_cfg.cache_dir).expanduser() if ssl_cfg.cache_dir else resolve_cache_dir(cache_dir) / "ssl"
+    folder = root / f"{ssl_cfg.method}-{key}"
+    folder.mkdir(parents=True, exist_ok=True)
+    final = folder / "backbone.pt"
+    with open(folder / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # a parallel run with the same key waits here
+        if final.exists():
+            saved = torch.load(final, map_location="cpu")
+            log(f"ssl: loaded {ssl_cfg.method} pretraining from {folder}")
+            return saved["backbone"], saved["meta"], folder
+        state = _run(images, model, model_kwargs, ssl_cfg, mean, std, device, folder, fp, key, progress, log, stop_after_steps)
+        return state
+
+
+def _run(images, model, model_kwargs, ssl_cfg, mean, std, device, folder: Path, fp: str, key: str, progress, log, stop_after_steps):
+    in_channels = int(images.shape[1])
+    n = int(images.shape[0])
+    bs = min(int(ssl_cfg.batch_size), n)
+    spe = n // bs  # drop the last partial batch: contrastive and batch-statistics losses need full batches
+    epochs = int(ssl_cfg.epochs)
+    total = epochs * spe
+    fmt = _memory_format(ssl_cfg)
+    torch.manual_seed(derive_seed(ssl_cfg.seed, "ssl-init"))
+    encoder = build_backbone(model, in_channels, **model_kwargs)
+    method: SSLMethod = build_ssl(str(ssl_cfg.method), encoder, int(encoder.feat_dim), **dict(ssl_cfg.options))
+    method.to(device=device, memory_format=fmt)
+    stepper = _Stepper(method.trainable_parameters(), ssl_cfg, lr_schedule(ssl_cfg, spe, total), device)
+    views = pretrain_views(ssl_cfg, mean, std, method.num_views)
+    meta = {
+        "kind": "ssl-backbone",
+        "method": str(ssl_cfg.method),
+        "model": model,
+        "model_kwargs": dict(model_kwargs),
+        "in_channels": in_channels,
+        "feat_dim": int(encoder.feat_dim),
+        "images": fp,
+        "num_images": n,
+        "key": key,
+        "ssl": OmegaConf.to_container(ssl_cfg),
+        "mean": list(mean),
+        "std": list(std),
+    }
+    atomic_write_json(folder / "meta.json", meta)
+    epoch, batch, step = 0, 0, 0
+    g = generator(ssl_cfg.seed, "ssl-aug", 0)
+    ckpt_path = folder / "checkpoint.pt"
+    seconds = 0.0
+    if ckpt_path.exists():
+        ck = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+        method.load_state_dict(ck["method"])
+        stepper.opt.load_state_dict(ck["optimizer"])
+        epoch, batch, step, seconds = ck["epoch"], ck["batch"], ck["step"], ck.get("seconds", 0.0)
+        g.set_state(ck["generator"])
+        log(f"ssl: resuming {ssl_cfg.method} pretraining at epoch {epoch}, step {step} of {total} ({folder})")
+    else:
+        log(f"ssl: pretraining {ssl_cfg.method} on {n} images, {epochs} epochs of {spe} steps -> {folder}")
+
+    def save_checkpoint() -> None:
+        atomic_torch_save(
+            {
+                "method": method.state_dict(),
+                "optimizer": stepper.opt.state_dict(),
+                "epoch": epoch,
+                "batch": batch,
+                "step": step,
+                "generator": g.get_state(),
+                "seconds": seconds,
+            },
+            ckpt_path,
+        )
+
+    prepare = TestView(mean, std)
+    bar = _bar(total, f"ssl {ssl_cfg.method}", progress)
+    bar.update(step)
+    last_save = time.perf_counter()
+    images_dev = images.to(device)
+    while epoch < epochs:
+        t_epoch = time.perf_counter()
+        if batch == 0:
+            g = generator(ssl_cfg.seed, "ssl-aug", epoch)
+        method.train()
+        method.epoch_start(epoch, _batches(images_dev, prepare, device, 512, fmt))
+        perm = torch.randperm(n, generator=generator(ssl_cfg.seed, "ssl-perm", epoch)).to(device)
+        losses = []
+        while batch < spe:
+            idx = perm[batch * bs : (batch + 1) * bs]
+            x = images_dev[idx]
+            vs = [v(x, g).contiguous(memory_format=fmt) for v in views]
+            with stepper.autocast():
+                out = method(vs, update=True, index=idx)
+            stepper.step(step, out.loss)
+            method.after_step(step, total)
+            losses.append(float(out.loss.detach()))
+            if not math.isfinite(losses[-1]):
+                raise FloatingPointError(f"ssl {ssl_cfg.method}: loss became {losses[-1]} at step {step}; lower ssl.lr")
+            step += 1
+            batch += 1
+            bar.set_postfix(loss=f"{losses[-1]:.3f}", refresh=False)
+            bar.update(1)
+            if time.perf_counter() - last_save > 60 * float(ssl_cfg.checkpoint_minutes) or step == stop_after_steps:
+                seconds += time.perf_counter() - t_epoch
+                t_epoch = time.perf_counter()
+                save_checkpoint()
+                last_save = time.perf_counter()
+                if step == stop_after_steps:
+                    bar.close()
+                    raise KeyboardInterrupt(f"stopped after {step} steps (stop_after_steps)")
+        seconds += time.perf_counter() - t_epoch
+        rec = {"epoch": epoch, "step": step, "loss": sum(losses) / max(len(losses), 1), "seconds": round(seconds, 1)}
+        with open(folder / "log.jsonl", "a") as f:
+            f.write(json.dumps(rec) + "\n")
+        epoch, batch = epoch + 1, 0
+        save_checkpoint()
+        last_save = time.perf_counter()
+    bar.close()
+    meta["seconds"] = round(seconds, 1)
+    meta["steps"] = step
+    backbone = {k: v.detach().cpu() for k, v in method.encoder.state_dict().items()}
+    atomic_torch_save({"backbone": backbone, "meta": meta}, folder / "backbone.pt")
+    atomic_write_json(folder / "meta.json", meta)
+    ckpt_path.unlink(missing_ok=True)
+    log(f"ssl: pretraining done in {seconds / 60:.1f} min -> {folder / 'backbone.pt'}")
+    return backbone, meta, folder
+
+
+def load_backbone(path: str | Path) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """The encoder saved by :func:`pretrain` (a ``backbone.pt`` file or its folder)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "backbone.pt"
+    saved = torch.load(path, map_location="cpu")
+    meta = saved["meta"]
+    encoder = build_backbone(meta["model"], meta["in_channels"], **meta["model_kwargs"])
+    encoder.load_state_dict(saved["backbone"])
+    return encoder, meta

@@ -1,0 +1,64 @@
+"""MoCo v2 (Chen, Fan, Girshick & He, 2020, arXiv 2003.04297; MoCo: He et al.,
+CVPR 2020, Eq. 1): InfoNCE of a query against its momentum key and a queue of
+past keys, temperature 0.2, momentum 0.99 -> 0.999 (METHODS.md sec. 4).
+
+The loss is symmetrised over the two views (both views serve as query once, as
+MoBY and MoCo v3 do); both views' keys enter the queue.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .base import KeyQueue, MomentumMixin, SSLMethod, SSLOutput, projection_head
+
+
+def info_nce(q: Tensor, k: Tensor, queue: Tensor, temperature: float = 0.2, reduction: str = "mean") -> Tensor:
+    """``CE([q.k, q.queue^T] / t, 0)`` per row (MoCo Eq. 1).
+
+    q, k: (B, D) L2-normalised query and positive key; queue: (K, D) negatives.
+    reduction ``"none"`` gives the (B,) per-sample losses.
+    """
+    pos = (q * k).sum(1, keepdim=True)
+    neg = q @ queue.t()
+    logits = torch.cat([pos, neg], 1) / temperature
+    target = torch.zeros(q.shape[0], dtype=torch.long, device=q.device)
+    return F.cross_entropy(logits, target, reduction=reduction)
+
+
+class MoCoV2(MomentumMixin, SSLMethod):
+    name = "mocov2"
+
+    def __init__(
+        self,
+        encoder: nn.Module,
+        feat_dim: int,
+        proj_dim: int = 128,
+        hidden_dim: int = 512,
+        queue_size: int = 4096,
+        temperature: float = 0.2,
+        momentum: float = 0.99,
+        momentum_final: float = 0.999,
+        head: str = "mlp",
+    ) -> None:
+        super().__init__(encoder, feat_dim)
+        self.temperature = temperature
+        self.momentum_base = momentum
+        self.momentum_final = momentum_final
+        self.projector = projection_head(feat_dim, hidden_dim, proj_dim, head)
+        self._init_target()
+        self.queue = KeyQueue(queue_size, proj_dim)
+
+    def forward(self, views: list[Tensor], update: bool = True, index: Tensor | None = None) -> SSLOutput:
+        self._check_views(views)
+        f1, f2 = self.encoder(views[0]), self.encoder(views[1])
+        q1 = F.normalize(self.projector(f1), dim=1)
+        q2 = F.normalize(self.projector(f2), dim=1)
+        k1, k2 = self.target_keys(views[0]), self.target_keys(views[1])
+        queue = self.queue.keys.clone().detach()
+        per = info_nce(q1, k2, queue, self.temperature, "none") + info_nce(q2, k1, queue, self.temperature, "none")
+        if update:
+            self.queue.enqueue(torch.cat([k1, k2]))
+        return SSLOutput(per.mean(), per.detach(), f1)

@@ -1,0 +1,391 @@
+"""PCL - Prototypical Contrastive Learning (Li, Zhou, Xiong & Hoi, ICLR 2021,
+"Prototypical Contrastive Learning of Unsupervised Representations", Alg. 1,
+Eq. 6-12; METHODS.md sec. 5).
+
+A MoCo backbone (key queue, constant momentum 0.999, 128-d output, t = 0.2) plus
+prototypes found by an EM loop:
+
+- E-step (:meth:`PCL.epoch_start`, every epoch once the ``warmup_epochs``
+  InfoNCE-only epochs are over): momentum features ``v'`` of every un-augmented
+  training image, spherical k-means at each of the M granularities
+  ``num_clusters`` (centroids L2-normalised), and the concentration ``phi`` of
+  each cluster (:func:`concentration`, Eq. 12).
+- M-step (:meth:`PCL.forward`): ProtoNCE (Eq. 11) =
+  ``InfoNCE + (1/M) sum_m CE([v.c_pos / phi_pos, v.c_neg_1..r / phi_neg], 0)``
+  with the r negative prototypes drawn uniformly without replacement from the
+  clusters not assigned to any image of the batch.
+
+As :class:`~ssal.ssl.mocov2.MoCoV2` in this repository the loss is symmetrised
+over the two views (each view is the query once against the other view's key;
+both keys enter one queue), and the prototype term is added for both queries
+(with the same sampled negatives), so each query carries Eq. 11 exactly.
+
+Differences from the released code (github.com/salesforce/PCL), all documented:
+the released prototype logits hold the positive prototypes of *every* image of
+the batch (label = row index) plus r negatives; here each row has its own
+positive and the r shared negatives, as the paper's Eq. 11 and METHODS.md say.
+The released k-means is L2 k-means (5 restarts) whose centroids are normalised
+afterwards; here it is spherical k-means (faiss, one run), so the concentration
+is measured to the unit centroids the loss uses.
+
+State: the cluster results (:attr:`PCL.centroids`, :attr:`PCL.phis`,
+:attr:`PCL.assignments`) are plain attributes, not buffers: they are *not* in
+``state_dict()`` and are recomputed by the next :meth:`PCL.epoch_start` (a
+resumed run calls it again before training on). ``state_dict()`` therefore has
+exactly MoCoV2's keys.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..errors import SsalError
+from .base import KeyQueue, MomentumMixin, SSLMethod, SSLOutput, projection_head
+from .mocov2 import info_nce
+
+__all__ = [
+    "AUTO_CLUSTER_DIVISORS",
+    "PCL",
+    "auto_num_clusters",
+    "concentration",
+    "proto_loss",
+    "proto_nce_loss",
+    "sample_negatives",
+    "spherical_kmeans",
+]
+
+#: ``num_clusters="auto"``: one granularity per divisor, ``k = round(N / d)``.
+AUTO_CLUSTER_DIVISORS: tuple[int, ...] = (1000, 500, 250)
+
+
+def auto_num_clusters(n: int, divisors: Sequence[int] = AUTO_CLUSTER_DIVISORS) -> tuple[int, ...]:
+    """Granularities "scaled to the dataset" (METHODS.md sec. 5: ImageNet uses
+    25k/50k/100k for 1.28M images; CIFAR 50/100/200 for 50k).
+
+    ``k_m = min(n, max(2, floor(n / d_m + 0.5)))`` for ``d_m`` in (1000, 500, 250):
+    n = 50,000 -> (50, 100, 200); n = 5,000 -> (5, 10, 20); n = 60 -> (2, 2, 2).
+    """
+    if n < 1:
+        raise ValueError(f"need at least one image to cluster, got {n}")
+    return tuple(min(n, max(2, int(n / d + 0.5))) for d in divisors)
+
+
+def spherical_kmeans(features: Tensor, k: int, seed: int, niter: int = 20) -> tuple[Tensor, Tensor]:
+    """Spherical k-means (faiss) of the rows of ``features`` (n, d).
+
+    Returns ``(centroids (k, d), assignments (n,) long)`` on ``features``' device;
+    the centroids are unit vectors and each row is assigned to its nearest
+    centroid (max inner product). All n points are used for training (faiss'
+    default subsampling to 256 points per centroid is switched off).
+    """
+    import faiss  # local: only the E-step needs it
+
+    n, d = int(features.shape[0]), int(features.shape[1])
+    if not 1 <= k <= n:
+        raise ValueError(f"cannot cluster {n} points into {k} clusters")
+    x = np.ascontiguousarray(features.detach().float().cpu().numpy(), dtype=np.float32)
+    km = faiss.Kmeans(
+        d,
+        int(k),
+        niter=int(niter),
+        seed=int(seed),
+        spherical=True,
+        verbose=False,
+        max_points_per_centroid=max(256, math.ceil(n / k) + 1),
+        min_points_per_centroid=1,
+    )
+    km.train(x)
+    _, assign = km.index.search(x, 1)
+    centroids = F.normalize(torch.from_numpy(np.array(km.centroids, dtype=np.float32)), dim=1)
+    return centroids.to(features.device), torch.from_numpy(assign[:, 0].astype(np.int64)).to(features.device)
+
+
+def concentration(
+    features: Tensor,
+    assignments: Tensor,
+    centroids: Tensor,
+    num_clusters: int,
+    alpha: float = 10.0,
+    temperature: float = 0.2,
+) -> Tensor:
+    """Concentration ``phi`` of each cluster (PCL Eq. 12 and the released recipe).
+
+    ``phi_c = (1/Z) sum_z ||v'_z - c||_2 / log(Z + alpha)`` over the Z members of
+    cluster c. Clusters with ``Z <= 1`` (singletons and empty clusters) get the
+    largest phi of the others; then phi is clipped to its 10th-90th percentiles
+    (linear interpolation, as ``numpy.percentile``) and rescaled so that
+    ``mean(phi) == temperature``. If no cluster has two members (or every phi is
+    zero) every cluster gets ``temperature``.
+
+    features: (n, d) momentum features; assignments: (n,) cluster ids in
+    ``[0, num_clusters)``; centroids: (num_clusters, d). Returns (num_clusters,)
+    float32.
+    """
+    k = int(num_clusters)
+    x = features.detach().double()
+    c = centroids.detach().double().to(x.device)
+    a = assignments.to(x.device).long()
+    dist = (x - c[a]).norm(dim=1)
+    count = torch.bincount(a, minlength=k)[:k].double()
+    total = torch.zeros(k, dtype=torch.float64, device=x.device).index_add_(0, a, dist)
+    many = count > 1
+    phi = torch.zeros(k, dtype=torch.float64, device=x.device)
+    phi[many] = total[many] / count[many] / torch.log(count[many] + alpha)
+    if not bool(many.any()):
+        return torch.full((k,), float(temperature), dtype=torch.float32, device=features.device)
+    phi[~many] = phi[many].max()
+    lo, hi = torch.quantile(phi, 0.1), torch.quantile(phi, 0.9)
+    phi = phi.clamp(lo, hi)
+    mean = phi.mean()
+    if not bool(mean > 0):
+        return torch.full((k,), float(temperature), dtype=torch.float32, device=features.device)
+    return (temperature * phi / mean).float().to(features.device)
+
+
+def sample_negatives(
+    pos_assign: Tensor, num_clusters: int, num_negatives: int, generator: torch.Generator | None = None
+) -> Tensor:
+    """The ids of ``min(num_negatives, available)`` negative prototypes, drawn
+    uniformly without replacement from the clusters that no image of the batch
+    is assigned to (PCL Sec. 3.3: "r negative prototypes"; the paper needs
+    r < available, here r is capped to what is available).
+
+    ``generator`` (a CPU :class:`torch.Generator`) makes the draw reproducible;
+    ``None`` uses the global RNG. Returns a (r,) long tensor on ``pos_assign``'s device.
+    """
+    mask = torch.ones(int(num_clusters), dtype=torch.bool, device=pos_assign.device)
+    mask[pos_assign.long()] = False
+    avail = mask.nonzero().squeeze(1)
+    n = int(avail.numel())
+    r = min(max(int(num_negatives), 0), n)
+    perm = torch.randperm(n, generator=generator) if generator is not None else torch.randperm(n)
+    return avail[perm[:r].to(avail.device)]
+
+
+def proto_loss(
+    q: Tensor, centroids: Tensor, phi: Tensor, pos_assign: Tensor, neg_ids: Tensor, reduction: str = "mean"
+) -> Tensor:
+    """One granularity's prototype term of ProtoNCE (PCL Eq. 11, second sum):
+    ``CE([q.c_pos / phi_pos, q.c_neg_1 / phi_neg_1, ..., q.c_neg_r / phi_neg_r], 0)``.
+
+    q: (B, D) L2-normalised queries; centroids: (k, D) unit prototypes; phi: (k,)
+    concentrations; pos_assign: (B,) each query's cluster; neg_ids: (r,) negative
+    prototype ids shared by the batch (:func:`sample_negatives`). reduction
+    ``"none"`` gives the (B,) per-sample losses.
+    """
+    c = centroids.to(device=q.device)
+    p = phi.to(device=q.device)
+    pos_assign = pos_assign.to(q.device).long()
+    neg_ids = neg_ids.to(q.device).long()
+    pos = (q * c[pos_assign].to(q.dtype)).sum(1, keepdim=True) / p[pos_assign].unsqueeze(1)
+    neg = (q @ c[neg_ids].to(q.dtype).t()) / p[neg_ids].unsqueeze(0)
+    logits = torch.cat([pos, neg.to(pos.dtype)], 1)
+    target = torch.zeros(q.shape[0], dtype=torch.long, device=q.device)
+    return F.cross_entropy(logits, target, reduction=reduction)
+
+
+def proto_nce_loss(
+    q: Tensor,
+    k: Tensor,
+    queue: Tensor,
+    prototypes_list: Sequence[Tensor],
+    phis_list: Sequence[Tensor],
+    assignments_list: Sequence[Tensor],
+    index: Tensor,
+    temperature: float = 0.2,
+    num_negatives: int = 16000,
+    generator: torch.Generator | None = None,
+    reduction: str = "mean",
+) -> Tensor:
+    """ProtoNCE for one query direction (PCL Eq. 11):
+    ``InfoNCE(q, k, queue) + (1/M) sum_m proto_loss(q, c_m, phi_m, assign_m[index], negatives_m)``.
+
+    prototypes_list / phis_list / assignments_list: per granularity m, the (k_m, D)
+    unit centroids, (k_m,) concentrations and (N,) cluster id of every training
+    image; index: (B,) the batch's positions in the training set. Negatives are
+    drawn per granularity with :func:`sample_negatives` from ``generator``.
+    With no granularity this is plain InfoNCE (the warm-up loss).
+    """
+    per = info_nce(q, k, queue, temperature, "none")
+    m_count = len(prototypes_list)
+    for c, phi, assign in zip(prototypes_list, phis_list, assignments_list):
+        pos = assign.to(index.device)[index].to(q.device)
+        neg = sample_negatives(pos, int(c.shape[0]), num_negatives, generator)
+        per = per + proto_loss(q, c, phi, pos, neg, "none") / m_count
+    if reduction == "none":
+        return per
+    if reduction == "mean":
+        return per.mean()
+    if reduction == "sum":
+        return per.sum()
+    raise ValueError(f"unknown reduction {reduction!r}")
+
+
+def _num_clusters_option(value: object) -> tuple[int, ...] | str:
+    if isinstance(value, str):
+        if value != "auto":
+            raise ValueError(f"num_clusters must be 'auto' or a list of integers >= 2, got {value!r}")
+        return "auto"
+    if isinstance(value, int):
+        value = [value]
+    try:
+        ks = tuple(int(v) for v in value)  # type: ignore[union-attr]
+    except TypeError:
+        raise ValueError(f"num_clusters must be 'auto' or a list of integers >= 2, got {value!r}") from None
+    if not ks or any(k < 2 for k in ks):
+        raise ValueError(f"num_clusters must be 'auto' or a list of integers >= 2, got {value!r}")
+    return ks
+
+
+class PCL(MomentumMixin, SSLMethod):
+    """PCL with MoCo v2's symmetric InfoNCE (see the module docstring).
+
+    Options: ``num_clusters`` a list of granularities or ``"auto"``
+    (:func:`auto_num_clusters`: N/1000, N/500, N/250 rounded, 50/100/200 on
+    CIFAR's 50k images); ``warmup_epochs`` InfoNCE-only epochs (no E-step before
+    epoch ``warmup_epochs``, 0-based); ``num_negatives`` r, capped to the clusters
+    available; ``alpha`` of Eq. 12; ``kmeans_niter``; ``seed`` for k-means and
+    the negative draws. The momentum is constant (``momentum_base ==
+    momentum_final == momentum``), as in PCL.
+
+    The trainer must pass ``index`` (positions in the order of ``batches()``) to
+    :meth:`forward` and call :meth:`epoch_start` before every epoch; without
+    them PCL is MoCo v2 with a constant momentum.
+    """
+
+    name = "pcl"
+
+    def __init__(
+        self,
+        encoder: nn.Module,
+        feat_dim: int,
+        proj_dim: int = 128,
+        hidden_dim: int = 512,
+        queue_size: int = 4096,
+        temperature: float = 0.2,
+        momentum: float = 0.999,
+        head: str = "mlp",
+        num_clusters: Sequence[int] | str = (50, 100, 200),
+        warmup_epochs: int = 20,
+        num_negatives: int = 16000,
+        alpha: float = 10.0,
+        kmeans_niter: int = 20,
+        seed: int = 0,
+    ) -> None:
+        super().__init__(encoder, feat_dim)
+        if temperature <= 0:
+            raise ValueError(f"temperature must be positive, got {temperature}")
+        if not 0.0 <= momentum <= 1.0:
+            raise ValueError(f"momentum must be in [0, 1], got {momentum}")
+        if warmup_epochs < 0 or num_negatives < 0 or kmeans_niter < 1 or alpha <= -1.0:
+            raise ValueError(
+                f"need warmup_epochs >= 0, num_negatives >= 0, kmeans_niter >= 1, alpha > -1; "
+                f"got {warmup_epochs}, {num_negatives}, {kmeans_niter}, {alpha}"
+            )
+        self.temperature = float(temperature)
+        self.momentum_base = float(momentum)
+        self.momentum_final = float(momentum)
+        self.num_clusters = _num_clusters_option(num_clusters)
+        self.warmup_epochs = int(warmup_epochs)
+        self.num_negatives = int(num_negatives)
+        self.alpha = float(alpha)
+        self.kmeans_niter = int(kmeans_niter)
+        self.seed = int(seed)
+        self.projector = projection_head(feat_dim, hidden_dim, proj_dim, head)
+        self._init_target()
+        self.queue = KeyQueue(queue_size, proj_dim)
+        self.epoch = -1
+        self.centroids: list[Tensor] = []
+        self.phis: list[Tensor] = []
+        self.assignments: list[Tensor] = []
+        self._generator = torch.Generator().manual_seed(self.seed)
+
+    # -- E-step ----------------------------------------------------------------
+
+    def clusters_for(self, n: int) -> tuple[int, ...]:
+        """The granularities used for ``n`` images."""
+        ks = auto_num_clusters(n) if self.num_clusters == "auto" else tuple(self.num_clusters)
+        if any(k > n for k in ks):
+            raise SsalError(f"pcl: cannot cluster {n} images into {max(ks)} clusters; lower ssl.options.num_clusters")
+        return ks
+
+    @torch.no_grad()
+    def momentum_features(self, batches: Callable[[], Iterable[Tensor]]) -> Tensor:
+        """L2-normalised momentum projections ``v'`` (N, proj_dim, float32) of all
+        images ``batches()`` yields, with the target modules in eval mode (their
+        previous modes are restored afterwards)."""
+        modes = [(m, m.training) for m in list(self.target_encoder.modules()) + list(self.target_projector.modules())]
+        self.target_encoder.eval()
+        self.target_projector.eval()
+        try:
+            feats = [self.target_keys(x).float() for x in batches()]
+        finally:
+            for m, was in modes:
+                m.training = was
+        if not feats:
+            raise SsalError("pcl: the E-step got no images")
+        return torch.cat(feats)
+
+    def epoch_start(self, epoch: int, batches: Callable[[], Iterable[Tensor]]) -> None:
+        """Store ``epoch``; from epoch ``warmup_epochs`` on, run the E-step
+        (PCL Alg. 1): momentum features of all images, spherical k-means per
+        granularity (seed ``seed + 7919 epoch + 104729 m``), concentrations.
+        Before that, any earlier prototypes are dropped. The negative-draw
+        generator is reseeded with ``seed + epoch``."""
+        self.epoch = int(epoch)
+        self._generator.manual_seed(self.seed + self.epoch)
+        if self.epoch < self.warmup_epochs:
+            self.centroids, self.phis, self.assignments = [], [], []
+            return
+        feats = self.momentum_features(batches)
+        centroids, phis, assignments = [], [], []
+        for m, k in enumerate(self.clusters_for(int(feats.shape[0]))):
+            seed = (self.seed + 7919 * self.epoch + 104729 * m) % (2**31 - 1)
+            c, a = spherical_kmeans(feats, k, seed, self.kmeans_niter)
+            c = F.normalize(c.float(), dim=1)
+            centroids.append(c)
+            assignments.append(a.long())
+            phis.append(concentration(feats, a, c, k, self.alpha, self.temperature))
+        self.centroids, self.phis, self.assignments = centroids, phis, assignments
+
+    def prototypes(self) -> list[tuple[Tensor, Tensor]]:
+        """``(centroids (k_m, proj_dim), assignments (N,))`` per granularity, in
+        the order of ``num_clusters`` (coarsest first for ``"auto"``); empty
+        before the first E-step. Assignments index the images of ``batches()``."""
+        return list(zip(self.centroids, self.assignments))
+
+    @property
+    def has_prototypes(self) -> bool:
+        return bool(self.centroids) and self.epoch >= self.warmup_epochs
+
+    # -- M-step ----------------------------------------------------------------
+
+    def forward(self, views: list[Tensor], update: bool = True, index: Tensor | None = None) -> SSLOutput:
+        self._check_views(views)
+        f1, f2 = self.encoder(views[0]), self.encoder(views[1])
+        q1 = F.normalize(self.projector(f1), dim=1)
+        q2 = F.normalize(self.projector(f2), dim=1)
+        k1, k2 = self.target_keys(views[0]), self.target_keys(views[1])
+        queue = self.queue.keys.clone().detach()
+        per = info_nce(q1, k2, queue, self.temperature, "none") + info_nce(q2, k1, queue, self.temperature, "none")
+        if index is not None and self.has_prototypes:
+            if update:
+                g = self._generator
+            else:  # a copy: scoring must not advance the training draws
+                g = torch.Generator()
+                g.set_state(self._generator.get_state())
+            m_count = len(self.centroids)
+            for c, phi, assign in zip(self.centroids, self.phis, self.assignments):
+                pos = assign[index.to(assign.device)].to(q1.device)
+                neg = sample_negatives(pos, int(c.shape[0]), self.num_negatives, g)
+                term = proto_loss(q1, c, phi, pos, neg, "none") + proto_loss(q2, c, phi, pos, neg, "none")
+                per = per + term / m_count
+        if update:
+            self.queue.enqueue(torch.cat([k1, k2]))
+        return SSLOutput(per.mean(), per.detach(), f1)
