@@ -72,6 +72,7 @@ def context(candidates: list[int], labelled: list[int], logits: dict[int, list[f
         labelled=torch.tensor(labelled, dtype=torch.long),
         embed=embed,
         generator=torch.Generator().manual_seed(seed),
+        ssl_loss=lambda idx: ((idx * 7) % 13).double(),  # a label-free per-image score
     )
 
 
@@ -176,9 +177,10 @@ def test_bad_requests_raise(name: str) -> None:
 
 
 def test_registry_and_errors() -> None:
-    assert list(STRATEGIES) == ["random", "entropy", "margin", "least_confidence", "coreset"]
+    names = ["random", "entropy", "margin", "least_confidence", "coreset", "typiclust", "probcover", "prototypes", "ssl_loss_high"]
+    assert list(STRATEGIES) == names
     assert all(build_strategy(n).name == n for n in STRATEGIES)
-    with pytest.raises(SsalError, match=r"unknown strategy 'bald'; choose one of: random, entropy, margin, least_confidence, coreset"):
+    with pytest.raises(SsalError, match=r"unknown strategy 'bald'; choose one of: random, entropy, margin, least_confidence, coreset, typiclust"):
         build_strategy("bald")
     with pytest.raises(SsalError, match="options"):
         build_strategy("random", temperature=2)
@@ -186,4 +188,14 @@ def test_registry_and_errors() -> None:
 
 def test_context_carries_no_labels() -> None:
     """Strategies cannot read labels: the context has no field for them."""
-    assert [f.name for f in dataclasses.fields(SelectionContext)] == ["candidates", "labelled", "embed", "generator"]
+    assert [f.name for f in dataclasses.fields(SelectionContext)] == ["candidates", "labelled", "embed", "generator", "ssl_loss"]
+
+
+def test_ssl_loss_high_picks_the_highest_ssl_losses() -> None:
+    ctx = context(list(range(20)), [20, 21])
+    picks = build_strategy("ssl_loss_high").select(ctx, 3)
+    # (i * 7) % 13 over 0..19: 12 at i=11, 11 at i=9, 10 at i=7
+    assert picks.tolist() == [11, 9, 7]
+    no_ssl = dataclasses.replace(ctx, ssl_loss=None)
+    with pytest.raises(SsalError, match="train.mode=joint"):
+        build_strategy("ssl_loss_high").select(no_ssl, 3)

@@ -31,7 +31,8 @@ Keys (see `ssal list keys` for all of them and their defaults):
   dataset      sample | cifar10 | cifar100 | svhn | fashionmnist | imagefolder:<path>
   data_root    folder holding the dataset's standard files (offline loading)
   model        smallcnn | resnet18 | vgg16
-  strategy     random | entropy | margin | least_confidence | coreset
+  strategy     random | entropy | margin | least_confidence | coreset |
+               typiclust | probcover | prototypes
   initial      size of the random initial labelled set
   budget       images labelled per cycle
   cycles       number of train/evaluate rounds (|L| = initial + budget * cycle)
@@ -43,6 +44,17 @@ Keys (see `ssal list keys` for all of them and their defaults):
 Writes <out>/config.yaml, <out>/results.jsonl (one record per cycle),
 <out>/curve.png and <out>/state.json. Interrupted? Rerun the same command with
 --resume: the result equals that of an uninterrupted run."""
+
+
+PRETRAIN_HELP = """\
+Self-supervised pretraining for train.mode=pretrain and train.mode=frozen, run
+ahead of the experiments (it may take hours on a CPU). It reads the dataset's
+training images only, never a label, and is cached under <cache_dir>/ssl/
+keyed by the images, the model and every ssl.* setting, so every run, strategy
+and seed with the same settings reuses it. Interrupted? Run the same command
+again: it resumes from its last checkpoint (every ssl.checkpoint_minutes).
+
+  ssal pretrain --config cpu-cifar10 dataset=imagefolder:/data/cifar10-jpeg ssl.method=byol ssl.epochs=60"""
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -59,6 +71,15 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
     run.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     run.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
+    pre = sub.add_parser(
+        "pretrain",
+        help="run (or resume) the cached self-supervised pretraining of a config",
+        description=PRETRAIN_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    pre.add_argument("--config", "-c", metavar="FILE_OR_PRESET", help="a preset name or a YAML file")
+    pre.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
+    pre.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides (ssl.method, ssl.epochs, ...)")
     lst = sub.add_parser("list", help="list datasets, models, strategies, presets or config keys")
     lst.add_argument("what", choices=["datasets", "models", "strategies", "presets", "keys"])
     return p
@@ -94,6 +115,21 @@ def _list(what: str) -> None:
         print(OmegaConf.to_yaml(OmegaConf.structured(Config)), end="")
 
 
+def _pretrain(cfg, progress: bool) -> int:
+    import torch
+
+    from .loop import prepare_splits
+    from .modes import run_pretraining
+    from .utils import resolve_device
+
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    splits = prepare_splits(cfg, progress)
+    _, meta, folder = run_pretraining(cfg, splits.ssl_images, resolve_device(cfg.device), progress)
+    print(f"done: {meta['method']} pretraining of {meta['model']} on {meta['num_images']} images; backbone in {folder}/backbone.pt")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command is None:
@@ -106,6 +142,8 @@ def main(argv: list[str] | None = None) -> int:
         from .config import resolve_config, to_yaml
 
         cfg = resolve_config(args.config, args.overrides)
+        if args.command == "pretrain":
+            return _pretrain(cfg, progress=not args.quiet)
         if args.print_config:
             print(to_yaml(cfg), end="")
             return 0

@@ -59,7 +59,7 @@ class SSLConfig:
     # pretraining (pretrain / frozen modes); depends on no label and is cached on disk
     epochs: int = 30
     batch_size: int = 256
-    lr: float = 0.06
+    lr: float = 0.12  # SGD; 0.06 per 128 images of batch (lightly's CIFAR-10 benchmarks)
     momentum: float = 0.9
     weight_decay: float = 5e-4
     nesterov: bool = False

@@ -235,18 +235,22 @@ def setup_mode(
     pretraining on ``ssl_images`` (train-split images, no labels) and frozen features."""
     mode = cfg.train.mode
     if mode in ("pretrain", "frozen"):
-        from .pretrain import pretrain
-
-        mean, std = channel_stats(ssl_images)
-        backbone, meta, _ = pretrain(
-            ssl_images, cfg.model, model_kwargs(cfg), cfg.ssl, mean, std, device, cfg.cache_dir, progress, log
-        )
+        backbone, meta, _ = run_pretraining(cfg, ssl_images, device, progress, log)
         md = ModeData(cfg, pool_images, val, test, num_classes, device, tuple(meta["mean"]), tuple(meta["std"]), progress, backbone)
         if mode == "frozen":
             md.frozen_features = frozen_features(md)
         return md
     mean, std = channel_stats(pool_images)
     return ModeData(cfg, pool_images, val, test, num_classes, device, mean, std, progress)
+
+
+def run_pretraining(cfg: DictConfig, ssl_images: torch.Tensor, device: torch.device, progress: bool = True, log: Callable[[str], None] = print):
+    """SSL pretraining of ``cfg.model`` with ``cfg.ssl`` on ``ssl_images`` (cached;
+    see :func:`ssal.pretrain.pretrain`). Returns ``(backbone_state, meta, folder)``."""
+    from .pretrain import pretrain
+
+    mean, std = channel_stats(ssl_images)
+    return pretrain(ssl_images, cfg.model, model_kwargs(cfg), cfg.ssl, mean, std, device, cfg.cache_dir, progress, log)
 
 
 def frozen_features(md: ModeData) -> dict[str, torch.Tensor]:

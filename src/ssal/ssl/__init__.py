@@ -17,6 +17,7 @@ from .base import SSLMethod, SSLOutput, cosine_momentum
 from .byol import BYOL
 from .moby import MoBY
 from .mocov2 import MoCoV2
+from .pcl import PCL
 from .rotation import Rotation
 from .simclr import SimCLR
 from .simsiam import SimSiam
@@ -26,6 +27,7 @@ SSL_METHODS: dict[str, type[SSLMethod]] = {
     "moby": MoBY,
     "byol": BYOL,
     "mocov2": MoCoV2,
+    "pcl": PCL,
     "simclr": SimCLR,
     "simsiam": SimSiam,
     "vicreg": VICReg,

@@ -76,13 +76,18 @@ def auto_num_clusters(n: int, divisors: Sequence[int] = AUTO_CLUSTER_DIVISORS) -
     return tuple(min(n, max(2, int(n / d + 0.5))) for d in divisors)
 
 
+#: below this many point-centroid pairs k-means runs on one thread.
+_SMALL_KMEANS = 1_000_000
+
+
 def spherical_kmeans(features: Tensor, k: int, seed: int, niter: int = 20) -> tuple[Tensor, Tensor]:
     """Spherical k-means (faiss) of the rows of ``features`` (n, d).
 
     Returns ``(centroids (k, d), assignments (n,) long)`` on ``features``' device;
     the centroids are unit vectors and each row is assigned to its nearest
     centroid (max inner product). All n points are used for training (faiss'
-    default subsampling to 256 points per centroid is switched off).
+    default subsampling to 256 points per centroid is switched off). Problems with
+    fewer than a million point-centroid pairs run on one OpenMP thread.
     """
     import faiss  # local: only the E-step needs it
 
@@ -100,8 +105,14 @@ def spherical_kmeans(features: Tensor, k: int, seed: int, niter: int = 20) -> tu
         max_points_per_centroid=max(256, math.ceil(n / k) + 1),
         min_points_per_centroid=1,
     )
-    km.train(x)
-    _, assign = km.index.search(x, 1)
+    threads = faiss.omp_get_max_threads()
+    if n * k < _SMALL_KMEANS:  # OpenMP start-up costs far more than tiny problems
+        faiss.omp_set_num_threads(1)
+    try:
+        km.train(x)
+        _, assign = km.index.search(x, 1)
+    finally:
+        faiss.omp_set_num_threads(threads)
     centroids = F.normalize(torch.from_numpy(np.array(km.centroids, dtype=np.float32)), dim=1)
     return centroids.to(features.device), torch.from_numpy(assign[:, 0].astype(np.int64)).to(features.device)
 

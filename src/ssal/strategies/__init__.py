@@ -14,7 +14,11 @@ from .entropy import EntropyStrategy
 from .kcenter import kcenter_greedy
 from .least_confidence import LeastConfidenceStrategy
 from .margin import MarginStrategy
+from .probcover import ProbCoverStrategy
+from .prototypes import PrototypeStrategy
 from .random import RandomStrategy
+from .typiclust import TypiClustStrategy
+from .ssl_loss_high import SSLLossHighStrategy
 
 __all__ = ["STRATEGIES", "SelectionContext", "Strategy", "ScoreStrategy", "build_strategy", "kcenter_greedy"]
 
@@ -24,6 +28,10 @@ STRATEGIES: dict[str, type[Strategy]] = {
     "margin": MarginStrategy,
     "least_confidence": LeastConfidenceStrategy,
     "coreset": CoresetStrategy,
+    "typiclust": TypiClustStrategy,
+    "probcover": ProbCoverStrategy,
+    "prototypes": PrototypeStrategy,
+    "ssl_loss_high": SSLLossHighStrategy,
 }
 
 

@@ -1,0 +1,112 @@
+"""Prototype selection: one representative per PCL prototype (Li, Zhou, Xiong &
+Hoi, ICLR 2021, "Prototypical Contrastive Learning of Unsupervised
+Representations"; METHODS.md sec. 5, "Use in AL: pick per-prototype
+representatives").
+
+Prototypes are the centroids of a spherical k-means (PCL's E-step: L2-normalised
+features and centroids, cosine similarity) over candidates and labelled images,
+K = ``num_prototypes`` (default min(|L| + budget, 500), TypiClust's rule).
+Points belong to the prototype of highest cosine similarity. Picks go one at a
+time to the prototype with the fewest labelled-or-picked points (ties: more
+points, then lower prototype id), which takes its unpicked candidate nearest to
+the prototype (cosine; ties: lower candidate position). So prototypes holding no
+labelled image are served first, larger ones first, then the rotation goes on
+over all prototypes. A prototype whose candidates are all picked leaves the
+rotation; every candidate belongs to some prototype, so ``budget`` picks are
+always reached.
+
+:func:`select_by_prototypes` is the pure selection rule; it takes any
+centroids, e.g. those of a trained PCL model, instead of running k-means.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..errors import SsalError
+from .base import SelectionContext, Strategy, check_request
+from .clustering import draw_seed, kmeans, l2_normalise, round_robin
+
+__all__ = ["PrototypeStrategy", "select_by_prototypes"]
+
+
+def select_by_prototypes(
+    features: torch.Tensor, centroids: torch.Tensor, labelled_mask: torch.Tensor, budget: int
+) -> torch.Tensor:
+    """Per-prototype representatives (see the module docstring).
+
+    Args:
+        features: (N, D) float tensor of candidates and labelled points.
+        centroids: (K, D) prototypes; both are L2-normalised here, so only
+            directions matter (cosine similarity).
+        labelled_mask: (N,) bool, True for labelled rows (never picked).
+        budget: picks wanted, at most the number of unlabelled rows.
+
+    Returns:
+        LongTensor of ``budget`` distinct unlabelled row indices in pick order.
+    """
+    x = l2_normalise(features)
+    c = l2_normalise(centroids).to(x.dtype)
+    mask = labelled_mask.detach().cpu().to(torch.bool).view(-1)
+    n = x.shape[0]
+    if c.ndim != 2 or c.shape[1] != x.shape[1] or c.shape[0] < 1:
+        raise SsalError(f"centroids must be (K >= 1, {x.shape[1]}), got {tuple(c.shape)}")
+    if mask.numel() != n:
+        raise SsalError(f"labelled_mask has {mask.numel()} entries for {n} feature rows")
+    free = (~mask).nonzero().view(-1)
+    if not 0 <= budget <= free.numel():
+        raise SsalError(f"budget {budget} must lie in [0, {free.numel()}] (the number of unlabelled rows)")
+    if budget == 0:
+        return torch.empty(0, dtype=torch.long)
+    k = c.shape[0]
+    sim = x @ c.T  # (N, K); fine in memory for K <= a few thousand
+    best, assign = sim.max(1)  # first maximum: lowest prototype id
+    sizes = torch.bincount(assign, minlength=k)
+    labelled_counts = torch.bincount(assign[mask], minlength=k)
+    # Unlabelled rows grouped by prototype, most similar first, lower row on ties.
+    by_sim = free[torch.sort(best[free], descending=True, stable=True).indices]
+    grouped = by_sim[torch.sort(assign[by_sim], stable=True).indices]
+    counts = torch.bincount(assign[grouped], minlength=k)
+    starts = torch.cat([torch.zeros(1, dtype=torch.long), counts.cumsum(0)]).tolist()
+    rows = grouped.tolist()
+    picks = round_robin(
+        [p for p in range(k) if counts[p] > 0],
+        sizes.tolist(),
+        labelled_counts.tolist(),
+        lambda p: rows[starts[p] : starts[p + 1]],
+        budget,
+    )
+    return torch.tensor(picks, dtype=torch.long)
+
+
+class PrototypeStrategy(Strategy):
+    """Per-prototype representatives of a spherical k-means on the features of
+    ``ctx.embed``; see the module docstring."""
+
+    name = "prototypes"
+
+    def __init__(self, num_prototypes: int | None = None, max_prototypes: int = 500, niter: int = 20) -> None:
+        if (num_prototypes is not None and num_prototypes < 1) or max_prototypes < 1 or niter < 1:
+            raise SsalError(
+                f"prototypes needs num_prototypes >= 1 (or None), max_prototypes >= 1, niter >= 1; "
+                f"got {num_prototypes}, {max_prototypes}, {niter}"
+            )
+        self.num_prototypes = num_prototypes
+        self.max_prototypes = max_prototypes
+        self.niter = niter
+
+    def select(self, ctx: SelectionContext, budget: int) -> torch.Tensor:
+        check_request(ctx, budget)
+        if budget == 0:
+            return torch.empty(0, dtype=torch.long)
+        n = ctx.candidates.numel()
+        _, features = ctx.embed(torch.cat([ctx.candidates, ctx.labelled]))
+        x = l2_normalise(features)
+        total = x.shape[0]
+        if total != n + ctx.labelled.numel():
+            raise SsalError(f"embed returned {total} feature rows for {n + ctx.labelled.numel()} images")
+        k = self.num_prototypes or min(ctx.labelled.numel() + budget, self.max_prototypes)
+        centroids, _ = kmeans(x, min(k, total), draw_seed(ctx.generator), niter=self.niter, spherical=True)
+        labelled = torch.zeros(total, dtype=torch.bool)
+        labelled[n:] = True
+        return ctx.candidates[select_by_prototypes(x, centroids, labelled, budget)]
