@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import pickle
 import sys
 
 from .errors import SsalError
@@ -14,7 +15,10 @@ Active learning trains a model on a few labels, scores the unlabelled pool,
 asks for the labels of the most useful images and repeats. `ssal run` runs such
 an experiment on a benchmark dataset or your own image folder, revealing stored
 labels as the 'oracle', and writes per-cycle results, the resolved config and a
-learning curve into the run folder."""
+learning curve into the run folder. `ssal pretrain` runs the cached
+self-supervised pretraining ahead of the experiments, and `ssal eval-features`
+measures the representation of an SSL cache, a run's model or a random
+initialisation (kNN and linear-probe accuracy)."""
 
 RUN_HELP = """\
 Run an active-learning experiment.
@@ -57,6 +61,34 @@ again: it resumes from its last checkpoint (every ssl.checkpoint_minutes).
   ssal pretrain --config cpu-cifar10 dataset=imagefolder:/data/cifar10-jpeg ssl.method=byol ssl.epochs=60"""
 
 
+EVAL_HELP = """\
+Representation-quality evaluation of a frozen encoder: kNN accuracy (k = 20,
+cosine similarity, votes weighted by exp(sim / 0.07); Wu et al., CVPR 2018) and
+linear-probe accuracy (multinomial logistic regression on standardised
+features, fixed hyper-parameters, nothing tuned on the test split).
+
+This is the standard SSL protocol, outside active learning: train features come
+from the whole train split of the dataset (or a class-balanced random subset
+of N images per class with --per-class N, seed 0), test features from the whole
+test split; images are only normalised, never augmented.
+
+PATH is one of:
+  an SSL cache folder or its backbone.pt (from `ssal pretrain`): the cache does
+      not record the dataset, so --dataset is required
+  a run folder (config.yaml + model.pt from `ssal run`): the backbone of the last
+      cycle's model (frozen runs: the SSL backbone the run used); the dataset
+      comes from the run's config unless --dataset is given
+or leave PATH out and give --random-init MODEL: a randomly initialised backbone
+(torch.manual_seed(0)), the baseline any SSL result must beat.
+
+key=value are config overrides (see `ssal list keys`): model_width for
+--random-init, device, threads, cache_dir, data_root, train.eval_batch_size.
+
+  ssal eval-features ~/.cache/ssal/ssl/byol-0123abcd --dataset cifar10 --data-root /data/cifar10
+  ssal eval-features runs/sample-coreset-seed0 --per-class 100
+  ssal eval-features --random-init smallcnn --dataset sample model_width=32 --json random.json"""
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ssal", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
     from . import __version__
@@ -80,6 +112,22 @@ def _parser() -> argparse.ArgumentParser:
     pre.add_argument("--config", "-c", metavar="FILE_OR_PRESET", help="a preset name or a YAML file")
     pre.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
     pre.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides (ssl.method, ssl.epochs, ...)")
+    ev = sub.add_parser(
+        "eval-features",
+        help="kNN and linear-probe accuracy of an SSL cache, a run's model or a random init",
+        description=EVAL_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    ev.add_argument("path", nargs="?", metavar="PATH", help="SSL cache folder, backbone.pt, or run folder")
+    ev.add_argument("--dataset", metavar="NAME", help="dataset to evaluate on (required for an SSL cache or --random-init)")
+    ev.add_argument("--data-root", metavar="DIR", help="folder holding the dataset's standard files")
+    ev.add_argument("--per-class", type=int, metavar="N", help="train features of only N random images per class (seed 0)")
+    ev.add_argument("--k", type=int, default=20, metavar="K", help="neighbours of the kNN classifier (default 20)")
+    ev.add_argument("--no-linear", action="store_true", help="skip the linear probe (kNN only)")
+    ev.add_argument("--json", metavar="FILE", help="also write the results to FILE as JSON")
+    ev.add_argument("--random-init", metavar="MODEL", help="evaluate a randomly initialised MODEL backbone instead of PATH")
+    ev.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
+    ev.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides (model_width, device, threads, ...)")
     lst = sub.add_parser("list", help="list datasets, models, strategies, presets or config keys")
     lst.add_argument("what", choices=["datasets", "models", "strategies", "presets", "keys"])
     return p
@@ -129,16 +177,257 @@ def _pretrain(cfg, progress: bool) -> int:
     print(f"done: {meta['method']} pretraining of {meta['model']} on {meta['num_images']} images; backbone in {folder}/backbone.pt")
     return 0
 
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return f"{type(err).__name__}: {text.splitlines()[0]}" if text else type(err).__name__
+
+
+def _given(overrides: list[str], key: str) -> bool:
+    return any(o.split("=", 1)[0].strip() == key for o in overrides)
+
+
+def _load_ssl_cache(path) -> tuple:
+    """(encoder, meta) of an SSL cache folder or its backbone.pt, or SsalError."""
+    from pathlib import Path
+
+    from .pretrain import load_backbone
+
+    path = Path(path)
+    file = path / "backbone.pt" if path.is_dir() else path
+    if not file.is_file():
+        if path.is_dir() and (path / "checkpoint.pt").exists():
+            raise SsalError(f"the SSL pretraining in {path} is not finished (no backbone.pt yet); rerun its `ssal pretrain` command")
+        raise SsalError(f"no SSL backbone at {file}")
+    try:
+        encoder, meta = load_backbone(file)
+    except SsalError:
+        raise
+    except pickle.UnpicklingError:
+        raise SsalError(f"{file} is not an SSL backbone written by `ssal pretrain` (not a PyTorch checkpoint file)") from None
+    except Exception as err:  # not {"backbone": ..., "meta": ...}, or weights that do not fit meta
+        raise SsalError(f"{file} is not an SSL backbone written by `ssal pretrain` ({_first_line(err)})") from None
+    return encoder, meta
+
+
+def _run_encoder(folder, cfg, in_channels: int) -> tuple:
+    """(encoder, meta or None) of a run folder: the backbone of the last cycle's
+    model.pt, or for a frozen run the SSL backbone recorded in state.json."""
+    import json
+    from pathlib import Path
+
+    import torch
+
+    from .modes import build_classifier
+
+    state_file = folder / "state.json"
+    try:
+        state = json.loads(state_file.read_text()) if state_file.is_file() else {}
+    except (OSError, ValueError) as err:
+        raise SsalError(f"{state_file} is unreadable ({_first_line(err)})") from None
+    ssl_folder = state.get("ssl_backbone")
+    if cfg.train.mode == "frozen":
+        if not ssl_folder:
+            raise SsalError(f"frozen run {folder}: state.json records no ssl_backbone; give the run's SSL cache folder instead")
+        if not Path(ssl_folder).exists():
+            raise SsalError(f"frozen run {folder}: its SSL backbone folder {ssl_folder} no longer exists")
+        return _load_ssl_cache(ssl_folder)
+    model_file = folder / "model.pt"
+    if not model_file.is_file():
+        raise SsalError(f"run folder {folder} has no model.pt (no finished cycle yet, or written by an older ssal)")
+    try:
+        state_dict = torch.load(model_file, map_location="cpu")
+    except pickle.UnpicklingError:
+        raise SsalError(f"{model_file} is not a PyTorch checkpoint file") from None
+    except Exception as err:
+        raise SsalError(f"{model_file} is unreadable ({_first_line(err)})") from None
+    if not isinstance(state_dict, dict) or "head.weight" not in state_dict:  # a frozen run's model.pt is the head alone
+        raise SsalError(f"{model_file} is not a classifier state_dict (no head.weight)")
+    model = build_classifier(cfg, int(state_dict["head.weight"].shape[0]), in_channels)
+    try:
+        model.load_state_dict(state_dict)
+    except RuntimeError as err:
+        raise SsalError(
+            f"{model_file} does not fit model={cfg.model} model_width={cfg.model_width} with {in_channels} input channels "
+            f"({_first_line(err)})"
+        ) from None
+    meta = None
+    if ssl_folder and (Path(ssl_folder) / "meta.json").is_file():  # pretrain mode: the SSL normalisation
+        try:
+            meta = json.loads((Path(ssl_folder) / "meta.json").read_text())
+        except (OSError, ValueError):
+            meta = None
+    return model.backbone, meta
+
+
+def _table(row: dict) -> str:
+    widths = {k: max(len(k), len(v)) for k, v in row.items()}
+    head = "  ".join(k.ljust(widths[k]) for k in row)
+    body = "  ".join(v.ljust(widths[k]) for k, v in row.items())
+    return f"{head.rstrip()}\n{body.rstrip()}"
+
+
+def _eval_features(args) -> int:
+    """`ssal eval-features`: kNN and linear-probe accuracy of a frozen encoder."""
+    import time
+    import warnings
+    from pathlib import Path
+
+    import torch
+
+    from . import __version__
+    from .augment import channel_stats
+    from .config import resolve_config
+    from .data import load_dataset
+    from .evaluation import extract_features, knn_accuracy, labels_per_class_subset, linear_probe_accuracy
+    from .models import build_backbone
+    from .modes import model_kwargs
+    from .utils import atomic_write_json, resolve_device
+
+    t_start = time.perf_counter()
+    overrides = list(args.overrides)
+    path = args.path
+    if path is not None and "=" in path and not Path(path).exists():  # `--random-init smallcnn model_width=8`
+        overrides.insert(0, path)
+        path = None
+    if path is None and args.random_init is None:
+        raise SsalError("eval-features needs a PATH (SSL cache folder, backbone.pt or run folder) or --random-init MODEL")
+    if path is not None and args.random_init is not None:
+        raise SsalError("give either PATH or --random-init MODEL, not both")
+    if args.k < 1:
+        raise SsalError(f"invalid value --k {args.k}: must be at least 1")
+    if args.per_class is not None and args.per_class < 1:
+        raise SsalError(f"invalid value --per-class {args.per_class}: must be at least 1")
+
+    # -- what to evaluate, and the config it comes with
+    if args.random_init is not None:
+        kind = "random-init"
+        cfg = resolve_config(None, [*overrides, f"model={args.random_init}"])
+    else:
+        p = Path(path)
+        if not p.exists():
+            raise SsalError(f"no such file or folder: {path}")
+        if p.is_file() and p.name == "model.pt" and (p.parent / "config.yaml").is_file():
+            p = p.parent
+        if p.is_dir() and (p / "config.yaml").is_file():
+            kind = "run"
+            cfg = resolve_config(str(p / "config.yaml"), overrides)
+        elif p.is_file() or (p / "backbone.pt").exists() or (p / "checkpoint.pt").exists():
+            kind = "ssl-cache"
+            cfg = resolve_config(None, overrides)
+        else:
+            raise SsalError(f"{path} is neither an SSL cache folder (backbone.pt) nor a run folder (config.yaml + model.pt)")
+    if args.dataset is not None:
+        cfg.dataset = args.dataset
+    if args.data_root is not None:
+        cfg.data_root = args.data_root
+    if kind != "run" and args.dataset is None and not _given(overrides, "dataset"):
+        what = "an SSL cache does not record its dataset" if kind == "ssl-cache" else "--random-init"
+        raise SsalError(f"{what}: give the dataset to evaluate on with --dataset NAME")
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    device = resolve_device(cfg.device)
+
+    meta = None
+    if kind == "ssl-cache":
+        encoder, meta = _load_ssl_cache(p)  # before loading the data: a bad file fails fast
+    train, test = load_dataset(cfg.dataset, cfg.data_root, cfg.cache_dir, progress=not args.quiet)
+    if kind == "ssl-cache":
+        source, model_name, method = str(path), meta["model"], meta.get("method", "ssl")
+        if int(meta["in_channels"]) != train.channels:
+            raise SsalError(
+                f"{path} was pretrained on {meta['in_channels']}-channel images; dataset {cfg.dataset} has {train.channels} channels"
+            )
+        if "num_images" in meta and int(meta["num_images"]) != len(train):
+            print(
+                f"ssal: warning: {path} was pretrained on {meta['num_images']} images; the train split of {cfg.dataset} "
+                f"has {len(train)} (fine after class caps or a validation split, else check --dataset)",
+                file=sys.stderr,
+            )
+    elif kind == "run":
+        source, model_name, method = str(path), str(cfg.model), f"run ({cfg.train.mode})"
+        encoder, meta = _run_encoder(p, cfg, train.channels)
+    else:
+        kw = model_kwargs(cfg)
+        source = f"random-init {cfg.model}" + (f" model_width={cfg.model_width}" if cfg.model_width else "")
+        model_name, method = str(cfg.model), "random-init"
+        torch.manual_seed(0)
+        encoder = build_backbone(cfg.model, train.channels, **kw)
+    if meta is not None and "mean" in meta and "std" in meta:
+        mean, std = tuple(meta["mean"]), tuple(meta["std"])
+    else:
+        mean, std = channel_stats(train.images)
+
+    # -- features, then the two probes
+    idx = labels_per_class_subset(train.labels, args.per_class, seed=0) if args.per_class else torch.arange(len(train))
+    bs = int(cfg.train.eval_batch_size)
+    train_feats = extract_features(encoder, train.images[idx], mean, std, device, bs)
+    test_feats = extract_features(encoder, test.images, mean, std, device, bs)
+    train_labels = train.labels[idx]
+    knn = knn_accuracy(train_feats, train_labels, test_feats, test.labels, k=args.k)
+    linear, converged = None, None
+    if not args.no_linear:
+        from sklearn.exceptions import ConvergenceWarning
+
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", ConvergenceWarning)
+            linear = linear_probe_accuracy(train_feats, train_labels, test_feats, test.labels, threads=cfg.threads or None)
+        converged = not any(issubclass(w.category, ConvergenceWarning) for w in caught)
+        if not converged:
+            print("ssal: warning: the linear probe did not converge in 1000 lbfgs iterations", file=sys.stderr)
+    seconds = time.perf_counter() - t_start
+
+    result = {
+        "source": source,
+        "kind": kind,
+        "method": method,
+        "model": model_name,
+        "dataset": str(cfg.dataset),
+        "feat_dim": int(train_feats.shape[1]),
+        "knn_acc": knn,
+        "knn_k": int(args.k),
+        "knn_temperature": 0.07,
+        "linear_acc": linear,
+        "linear_converged": converged,
+        "n_train": int(idx.numel()),
+        "n_test": len(test),
+        "per_class": args.per_class,
+        "seconds": round(seconds, 2),
+        "ssal_version": __version__,
+    }
+    row = {
+        "source": source,
+        "dataset": str(cfg.dataset),
+        "dim": str(result["feat_dim"]),
+        f"kNN acc (k={args.k})": f"{100 * knn:.2f}%",
+        "linear acc": "-" if linear is None else f"{100 * linear:.2f}%",
+        "n_train": str(result["n_train"]),
+        "seconds": f"{seconds:.1f}",
+    }
+    print(_table(row))
+    if args.json:
+        atomic_write_json(args.json, result)
+    return 0
+
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    # key=value overrides may come after options (`PATH --per-class 20 model_width=8`),
+    # which plain parse_args rejects for a positional list
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        if hasattr(args, "overrides") and all("=" in e and not e.startswith("-") for e in extra):
+            args.overrides = [*args.overrides, *extra]
+        else:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if args.command is None:
-        _parser().print_help()
+        parser.print_help()
         return 0
     try:
         if args.command == "list":
             _list(args.what)
             return 0
+        if args.command == "eval-features":
+            return _eval_features(args)
         from .config import resolve_config, to_yaml
 
         cfg = resolve_config(args.config, args.overrides)

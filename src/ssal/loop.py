@@ -151,7 +151,7 @@ class Experiment:
         for cycle in range(start_cycle, cfg.cycles):
             rec, model_state = self._cycle(cycle, splits, strategy, md, model_state)
             records.append(rec)
-            self._save(records, pool, cycle + 1, model_state)
+            self._save(records, pool, cycle + 1, model_state, md.ssl_folder)
             self._print_row(rec)  # _save has drawn the curve after every cycle
         return records
 
@@ -242,11 +242,12 @@ class Experiment:
             "model": cfg.model,
             "dataset": cfg.dataset,
         }
-        new_state = trained.state_dict() if cfg.train.warm_start else None
-        return rec, new_state
+        return rec, trained.state_dict()
 
-    def _save(self, records: list[dict], pool: ActivePool, next_cycle: int, model_state) -> None:
-        if model_state is not None:
+    def _save(self, records: list[dict], pool: ActivePool, next_cycle: int, model_state, ssl_folder: str | None) -> None:
+        # model.pt: the last trained model (the head alone in frozen mode), for
+        # warm starts and `ssal eval-features`
+        if model_state:
             atomic_torch_save({k: v.detach().cpu() for k, v in model_state.items()}, self.out / "model.pt")
         atomic_write_text(self.out / RESULTS_FILE, "".join(json.dumps(r) + "\n" for r in records))
         atomic_write_json(
@@ -255,6 +256,7 @@ class Experiment:
                 "next_cycle": next_cycle,
                 "records": records,
                 "pool": pool.state_dict(),
+                "ssl_backbone": ssl_folder,
                 "ssal_version": __version__,
                 "git_commit": _git_commit(),
                 "torch": torch.__version__,

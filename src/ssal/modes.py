@@ -57,6 +57,7 @@ class ModeData:
     std: tuple[float, ...]
     progress: bool = True
     ssl_backbone: dict[str, torch.Tensor] | None = None
+    ssl_folder: str | None = None  # the SSL cache folder the backbone came from
     frozen_features: dict[str, torch.Tensor] = field(default_factory=dict)
 
     @property
@@ -235,8 +236,10 @@ def setup_mode(
     pretraining on ``ssl_images`` (train-split images, no labels) and frozen features."""
     mode = cfg.train.mode
     if mode in ("pretrain", "frozen"):
-        backbone, meta, _ = run_pretraining(cfg, ssl_images, device, progress, log)
-        md = ModeData(cfg, pool_images, val, test, num_classes, device, tuple(meta["mean"]), tuple(meta["std"]), progress, backbone)
+        backbone, meta, folder = run_pretraining(cfg, ssl_images, device, progress, log)
+        md = ModeData(
+            cfg, pool_images, val, test, num_classes, device, tuple(meta["mean"]), tuple(meta["std"]), progress, backbone, str(folder)
+        )
         if mode == "frozen":
             md.frozen_features = frozen_features(md)
         return md

@@ -1,0 +1,293 @@
+"""Training modes: MoBYv2AL joint training, SSL pretraining (cache, resume) and
+frozen heads; one regression test per applicable defect of the official
+MoBYv2AL code (METHODS.md sec. 2)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import ssal.modes as modes
+import ssal.train as train_mod
+from ssal.augment import StrongView, TestView, WeakView, channel_stats
+from ssal.config import resolve_config
+from ssal.data import load_dataset
+from ssal.data.oracle import ActivePool
+from ssal.loop import run_experiment
+from ssal.models import build_model
+from ssal.ssl import build_ssl
+
+TINY = ["model_width=8", "train.epochs=1", "train.min_steps=0", "train.batch_size=32", "plot=false", "val_size=100"]
+JOINT = [*TINY, "train.mode=joint", "ssl.options.queue_size=64", "ssl.options.hidden_dim=32", "ssl.options.proj_dim=16"]
+
+
+def run(tmp_path, name, extra=(), resume=False):
+    cfg = resolve_config(None, ["initial=40", "budget=30", "cycles=2", f"out={tmp_path / name}", *extra])
+    return run_experiment(cfg, resume=resume, progress=False, log=lambda s: None)
+
+
+@pytest.fixture(scope="module")
+def sample():
+    train, _ = load_dataset("sample")
+    return train
+
+
+def tiny_joint(sample, n_l=48, width=8, queue=64):
+    torch.manual_seed(0)
+    model = build_model("smallcnn", 10, 1, width=width)
+    method = build_ssl("moby", model.backbone, model.feat_dim, queue_size=queue, hidden_dim=32, proj_dim=16)
+    mean, std = channel_stats(sample.images[:500])
+    return model, method, (WeakView(mean, std), StrongView(mean, std)), (mean, std)
+
+
+def joint_cfg(epochs=2):
+    return resolve_config(None, [*TINY, f"train.epochs={epochs}"]).train
+
+
+# -- joint mode (MoBYv2AL) -----------------------------------------------------
+
+
+def test_joint_runs_on_one_channel_fashion_mnist_end_to_end(tmp_path):
+    """Defect 9: the official MoBYv2AL crashed on 1-channel input."""
+    records = run(tmp_path, "j", JOINT)
+    assert [r["n_labelled"] for r in records] == [40, 70]
+    assert records[0]["mode"] == "joint" and 0 <= records[0]["test_acc"] <= 1
+    # labelled and unlabelled batches alternate: 2 x ceil(40 / 32) steps per epoch
+    assert records[0]["train_steps"] == 4
+
+
+@pytest.fixture(scope="module")
+def svhn_like(tmp_path_factory):
+    """An image folder shaped like SVHN: 32 x 32 RGB, 10 classes."""
+    root = tmp_path_factory.mktemp("svhnlike")
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 30), ("test", 6)):
+        for c in range(10):
+            d = root / split / f"c{c}"
+            d.mkdir(parents=True)
+            for i in range(n):
+                base = np.full((32, 32, 3), 20 * c, dtype=np.uint8)
+                img = np.clip(base + rng.integers(0, 60, (32, 32, 3)), 0, 255).astype(np.uint8)
+                Image.fromarray(img).save(d / f"{i}.png")
+    return root
+
+
+def test_joint_runs_on_svhn_shaped_input(tmp_path, svhn_like):
+    """Defect 9, the other half: 3-channel 32 x 32 input with both views."""
+    records = run(tmp_path, "s", [*JOINT, f"dataset=imagefolder:{svhn_like}", f"cache_dir={tmp_path / 'c'}", "val_size=20"])
+    assert [r["n_labelled"] for r in records] == [40, 70]
+
+
+def test_no_pool_label_reaches_the_joint_trainer(tmp_path, monkeypatch):
+    """Defect 1: the official code trained unlabelled batches with their true
+    labels. Every label read goes through ActivePool.targets for labelled
+    indices only, and the trainer gets exactly |L| labels."""
+    real = ActivePool.targets
+    reads, seen = [], []
+
+    def spy(self, idx):
+        idx = torch.as_tensor(idx)
+        reads.append(bool(self._is_labelled[idx].all()))
+        return real(self, idx)
+
+    real_joint = modes.train_joint
+
+    def spy_joint(model, method, images, labels, unlabelled_images, num_unlabelled, *a, **k):
+        seen.append((images.shape[0], labels.shape[0], unlabelled_images(torch.arange(3)).dtype))
+        return real_joint(model, method, images, labels, unlabelled_images, num_unlabelled, *a, **k)
+
+    monkeypatch.setattr(ActivePool, "targets", spy)
+    monkeypatch.setattr(modes, "train_joint", spy_joint)
+    run(tmp_path, "spy", [*JOINT, "strategy=ssl_loss_high"])
+    assert reads and all(reads)
+    assert seen == [(40, 40, torch.uint8), (70, 70, torch.uint8)]  # the unlabelled side yields images only
+
+
+def test_joint_trains_the_head_and_follows_the_lr_schedule(sample, monkeypatch):
+    """Defects 2 and 3: the official classifier head never trained (zero_grad
+    before step) and its LR scheduler never fired."""
+    model, method, views, _ = tiny_joint(sample)
+    head_before = model.head.weight.detach().clone()
+    lrs = []
+    real_step = train_mod._Stepper.step
+
+    def spy(self, k, loss):
+        real_step(self, k, loss)
+        lrs.append(self.opt.param_groups[0]["lr"])
+
+    monkeypatch.setattr(train_mod._Stepper, "step", spy)
+    cfg = joint_cfg(epochs=3)
+    images, labels = sample.images[:48], sample.labels[:48]
+    pool = sample.images[48:400]
+    stats = train_mod.train_joint(
+        model, method, images, labels, lambda p: pool[p], len(pool), cfg, views, torch.Generator().manual_seed(0), torch.device("cpu"), progress=False
+    )
+    assert not torch.equal(model.head.weight, head_before)
+    assert stats.steps == len(lrs) == 3 * (2 + 2)
+    expected = train_mod.lr_schedule(cfg, 4, stats.steps)
+    assert lrs == pytest.approx(expected)
+    assert lrs[0] == pytest.approx(cfg.lr) and lrs[-1] < 0.1 * cfg.lr  # cosine decays to near 0
+
+
+def test_joint_updates_queues_and_ema_on_both_kinds_of_batch(sample, monkeypatch):
+    model, method, views, _ = tiny_joint(sample, queue=64)
+    kinds = []
+    real_forward = type(method).forward
+
+    def spy(self, vs, update=True, index=None):
+        out = real_forward(self, vs, update, index)
+        kinds.append(update)
+        return out
+
+    monkeypatch.setattr(type(method), "forward", spy)
+    ptr0 = int(method.queue1.ptr)
+    images, labels = sample.images[:16], sample.labels[:16]
+    pool = sample.images[16:200]
+    cfg = resolve_config(None, [*TINY, "train.batch_size=16", "train.epochs=1"]).train
+    target_before = [p.clone() for p in method.target_encoder.parameters()]
+    train_mod.train_joint(model, method, images, labels, lambda p: pool[p], len(pool), cfg, views, torch.Generator().manual_seed(0), torch.device("cpu"), progress=False)
+    assert kinds == [True, True]  # one labelled and one unlabelled batch, both update
+    assert int(method.queue1.ptr) == (ptr0 + 32) % 64  # 16 keys per batch, two batches
+    assert any(not torch.equal(a, b) for a, b in zip(target_before, method.target_encoder.parameters()))
+
+
+def test_evaluation_and_scoring_change_neither_queues_nor_momentum_encoder(sample):
+    """Defect 5: the official evaluation ran the momentum update and pushed test
+    images into the queue."""
+    model, method, views, (mean, std) = tiny_joint(sample)
+    cfg = resolve_config(None, [*TINY, "train.mode=joint", "train.epochs=1"])
+    images, labels = sample.images[:48], sample.labels[:48]
+    pool = sample.images[48:300]
+    train_mod.train_joint(model, method, images, labels, lambda p: pool[p], len(pool), cfg.train, views, torch.Generator().manual_seed(0), torch.device("cpu"), progress=False)
+    before = {k: v.clone() for k, v in method.state_dict().items()}
+    md = modes.ModeData(cfg, sample.images[:300], None, (sample.images[300:400], sample.labels[300:400]), 10, torch.device("cpu"), mean, std, False)
+    trained = modes.NetworkTrained(md, model, None, method, seed_keys=(0,))
+    trained.evaluate("test", sample.labels[300:400])
+    trained.embed("pool", torch.arange(50))
+    losses = trained.ssl_loss(torch.arange(50))
+    assert losses.shape == (50,) and bool(torch.isfinite(losses).all())
+    after = method.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before), [k for k in before if not torch.equal(before[k], after[k])]
+
+
+def test_selection_features_come_from_unaugmented_images(sample):
+    """Defect 8: the official code computed selection features on randomly
+    augmented images. embed() is deterministic and equals the eval-mode
+    features of the normalised, un-augmented images."""
+    torch.manual_seed(0)
+    model = build_model("smallcnn", 10, 1, width=8)
+    mean, std = channel_stats(sample.images[:500])
+    cfg = resolve_config(None, TINY)
+    md = modes.ModeData(cfg, sample.images[:200], None, (sample.images[:10], sample.labels[:10]), 10, torch.device("cpu"), mean, std, False)
+    trained = modes.NetworkTrained(md, model, None)
+    idx = torch.arange(20, 60)
+    _, f1 = trained.embed("pool", idx)
+    _, f2 = trained.embed("pool", idx)
+    model.eval()
+    with torch.no_grad():
+        ref = model.features(TestView(mean, std)(sample.images[20:60]))
+    assert torch.equal(f1, f2)
+    assert torch.allclose(f1, ref, atol=1e-5)
+
+
+def test_low_loss_filter_trains_on_the_lowest_ssl_loss_unlabelled_images(sample):
+    """MoBYv2AL's distribution-shift remedy: score |L| / fraction unlabelled
+    images and train on the |L| with the lowest SSL loss."""
+    model, method, views, _ = tiny_joint(sample)
+    cfg = resolve_config(None, [*TINY, "train.batch_size=16", "train.epochs=1"]).train
+    images, labels = sample.images[:16], sample.labels[:16]
+    pool = sample.images[16:400]
+    calls = []
+
+    def unlabelled(pos):
+        calls.append(pos.clone())
+        return pool[pos]
+
+    train_mod.train_joint(
+        model, method, images, labels, unlabelled, len(pool), cfg, views, torch.Generator().manual_seed(0), torch.device("cpu"),
+        low_loss_fraction=0.5, progress=False,
+    )
+    scored, used = calls[0], calls[1]
+    assert scored.numel() == 32 and used.numel() == 16
+    assert set(used.tolist()) <= set(scored.tolist())
+
+
+# -- pretraining: cache, resume, frozen ------------------------------------------
+
+PRE = [*TINY, "ssl.method=byol", "ssl.epochs=2", "ssl.batch_size=64", "ssl.options.hidden_dim=32", "ssl.options.proj_dim=16"]
+
+
+def test_pretraining_resumes_bit_identically_and_is_cached(tmp_path, sample):
+    from ssal.pretrain import pretrain
+
+    images = sample.images[:256]
+    mean, std = channel_stats(images)
+    cfg = resolve_config(None, PRE)
+    kw = dict(model="smallcnn", model_kwargs={"width": 8}, mean=mean, std=std, device=torch.device("cpu"), progress=False, log=lambda s: None)
+    full, meta, _ = pretrain(images, ssl_cfg=cfg.ssl, cache_dir=str(tmp_path / "a"), **kw)
+    assert meta["steps"] == 2 * 4 and meta["kind"] == "ssl-backbone"
+    with pytest.raises(KeyboardInterrupt):
+        pretrain(images, ssl_cfg=cfg.ssl, cache_dir=str(tmp_path / "b"), stop_after_steps=5, **kw)
+    (folder,) = (tmp_path / "b" / "ssl").iterdir()
+    assert (folder / "checkpoint.pt").exists() and not (folder / "backbone.pt").exists()
+    resumed, _, _ = pretrain(images, ssl_cfg=cfg.ssl, cache_dir=str(tmp_path / "b"), **kw)
+    assert all(torch.equal(full[k], resumed[k]) for k in full)
+    assert not (folder / "checkpoint.pt").exists()
+    logs = []
+    again, _, _ = pretrain(images, ssl_cfg=cfg.ssl, cache_dir=str(tmp_path / "b"), **{**kw, "log": logs.append})
+    assert "loaded" in logs[0] and all(torch.equal(full[k], again[k]) for k in full)
+
+
+def test_pretraining_key_ignores_where_and_how_often_it_saves(sample):
+    from ssal.pretrain import images_fingerprint, pretrain_key
+
+    fp = images_fingerprint(sample.images[:100])
+    a = resolve_config(None, PRE).ssl
+    b = resolve_config(None, [*PRE, "ssl.checkpoint_minutes=1", "ssl.cache_dir=/elsewhere", "ssl.lambda_c=2"]).ssl
+    c = resolve_config(None, [*PRE, "ssl.lr=0.5"]).ssl
+    key = lambda s: pretrain_key(fp, "smallcnn", {"width": 8}, 1, s)  # noqa: E731
+    assert key(a) == key(b) and key(a) != key(c)
+    assert images_fingerprint(sample.images[:100]) != images_fingerprint(sample.images[1:101])
+
+
+def test_pretrain_and_frozen_modes_share_one_cached_pretraining(tmp_path):
+    cache = f"cache_dir={tmp_path / 'cache'}"
+    logs = []
+    cfg = resolve_config(None, ["initial=40", "budget=30", "cycles=2", f"out={tmp_path / 'p'}", *PRE, cache, "train.mode=pretrain", "class_caps={0: 300, 1: 300, 2: 300, 3: 300, 4: 300, 5: 300, 6: 300, 7: 300, 8: 300, 9: 300}"])
+    rp = run_experiment(cfg, progress=False, log=logs.append)
+    assert any("pretraining byol" in s for s in logs)
+    logs.clear()
+    cfg = resolve_config(None, ["initial=40", "budget=30", "cycles=2", f"out={tmp_path / 'f'}", *PRE, cache, "train.mode=frozen", "strategy=typiclust", "initial_strategy=typiclust", "train.epochs=30", "class_caps={0: 300, 1: 300, 2: 300, 3: 300, 4: 300, 5: 300, 6: 300, 7: 300, 8: 300, 9: 300}"])
+    rf = run_experiment(cfg, progress=False, log=logs.append)
+    assert any("loaded byol pretraining" in s for s in logs)  # reused, not retrained
+    assert [r["n_labelled"] for r in rp] == [r["n_labelled"] for r in rf] == [40, 70]
+    state = json.loads((tmp_path / "f" / "state.json").read_text())
+    assert state["ssl_backbone"] and (tmp_path / "f" / "model.pt").exists()
+    assert rf[0]["train_steps"] == 30 * 2  # the head alone: 30 epochs of ceil(40 / 32) steps
+
+
+def test_cold_start_initial_set_is_chosen_by_the_strategy(tmp_path):
+    a = run(tmp_path, "a", [*TINY, "initial_strategy=typiclust", "cycles=1"])
+    b = run(tmp_path, "b", [*TINY, "cycles=1"])
+    sa = json.loads((tmp_path / "a" / "state.json").read_text())["pool"]["order"]
+    sb = json.loads((tmp_path / "b" / "state.json").read_text())["pool"]["order"]
+    assert len(sa) == len(set(sa)) == 40 and sa != sb
+    assert a[0]["n_labelled"] == b[0]["n_labelled"] == 40
+
+
+def test_bad_ssl_settings_are_one_line_errors_that_write_nothing(tmp_path):
+    from ssal.cli import main
+
+    for bad, msg in [
+        (["train.mode=joint", "ssl.method=nope"], "unknown ssl.method 'nope'"),
+        (["train.mode=joint", "ssl.options.queue=5"], "has no option 'queue'"),
+        (["train.mode=sometimes"], "train.mode"),
+        (["ssl.low_loss_fraction=0"], "ssl.low_loss_fraction"),
+    ]:
+        out = tmp_path / "x"
+        assert main(["run", "-q", f"out={out}", *bad]) == 2
+        assert not out.exists()
