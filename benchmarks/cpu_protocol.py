@@ -9,6 +9,12 @@ an interrupted one, so the grid can be spread over several sessions.
     python benchmarks/cpu_protocol.py --preset cpu-cifar10 \
         --set dataset=imagefolder:/tmp/cifar10-jpeg --out runs/bench/c10
     python benchmarks/cpu_protocol.py --out runs/bench/fm --summary-only
+
+Named variants compare training modes (each NAME gets its own row):
+
+    python benchmarks/cpu_protocol.py --preset cpu-cifar10 --out runs/bench/c10-modes \
+        --variant "supervised-random:strategy=random train.epochs=60" \
+        --variant "joint-coreset:strategy=coreset train.mode=joint train.epochs=12"
 """
 
 from __future__ import annotations
@@ -25,11 +31,22 @@ from ssal.loop import run_experiment
 from ssal.plots import plot_grid
 
 
+def variants(args: argparse.Namespace) -> list[tuple[str, list[str]]]:
+    """(row name, overrides): one per --variant, else one per strategy."""
+    if args.variant:
+        out = []
+        for v in args.variant:
+            name, _, rest = v.partition(":")
+            out.append((name, rest.split()))
+        return out
+    return [(s, [f"strategy={s}"]) for s in args.strategies]
+
+
 def run_grid(args: argparse.Namespace) -> None:
     for seed in args.seeds:
-        for strategy in args.strategies:
-            out = Path(args.out) / f"{strategy}-seed{seed}"
-            cfg = resolve_config(args.preset, [*args.set, f"strategy={strategy}", f"seed={seed}", f"out={out}"])
+        for name, overrides in variants(args):
+            out = Path(args.out) / f"{name}-seed{seed}"
+            cfg = resolve_config(args.preset, [*args.set, *overrides, f"seed={seed}", f"out={out}"])
             state_path = out / "state.json"
             if state_path.exists() and json.loads(state_path.read_text())["next_cycle"] >= cfg.cycles:
                 print(f"[skip] {out} is complete", flush=True)
@@ -54,8 +71,8 @@ def summarise(root: Path) -> str:
         return f"no results under {root}"
     lines = []
     ncyc = max(len(r) for rs in runs.values() for r in rs)
-    header = "| strategy | seeds | " + " | ".join(f"cycle {c}" for c in range(ncyc)) + " | min/run |"
-    lines += [header, "|" + "---|" * (ncyc + 3)]
+    header = "| variant | seeds | " + " | ".join(f"cycle {c}" for c in range(ncyc)) + " | train s per cycle | min/run |"
+    lines += [header, "|" + "---|" * (ncyc + 4)]
     longest = max((r for rs in runs.values() for r in rs), key=len)
     labelled = [rec["n_labelled"] for rec in longest]
     for strategy, rs in runs.items():
@@ -71,7 +88,9 @@ def summarise(root: Path) -> str:
         walls = []
         for r in rs:
             walls.append(sum(x["seconds_train"] + x["seconds_eval"] + x["seconds_select"] for x in r) / 60)
-        lines.append(f"| {strategy} | {len(rs)} | " + " | ".join(cells) + f" | {statistics.mean(walls):.1f} |")
+        train_s = [statistics.mean(r[c]["seconds_train"] for r in rs if len(r) > c) for c in range(ncyc) if any(len(r) > c for r in rs)]
+        per_cycle = "/".join(f"{t:.0f}" for t in train_s)
+        lines.append(f"| {strategy} | {len(rs)} | " + " | ".join(cells) + f" | {per_cycle} | {statistics.mean(walls):.1f} |")
     lines.insert(0, "labelled per cycle: " + ", ".join(map(str, labelled)) + "\n")
     plot_grid(runs, root / "curves.png", title=root.name)
     text = "\n".join(lines)
@@ -84,6 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--preset", default="cpu-fashionmnist")
     p.add_argument("--set", nargs="*", default=[], help="extra key=value overrides")
     p.add_argument("--strategies", nargs="*", default=["random", "entropy", "coreset"])
+    p.add_argument("--variant", action="append", default=[], metavar="NAME:k=v k=v", help="a named set of overrides (repeatable)")
     p.add_argument("--seeds", nargs="*", type=int, default=[0, 1, 2])
     p.add_argument("--out", required=True)
     p.add_argument("--summary-only", action="store_true")
