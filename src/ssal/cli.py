@@ -340,7 +340,7 @@ def _eval_features(args) -> int:
         if "num_images" in meta and int(meta["num_images"]) != len(train):
             print(
                 f"ssal: warning: {path} was pretrained on {meta['num_images']} images; the train split of {cfg.dataset} "
-                f"has {len(train)} (fine after class caps or a validation split, else check --dataset)",
+                f"has {len(train)} (expected after class_caps, else check --dataset)",
                 file=sys.stderr,
             )
     elif kind == "run":

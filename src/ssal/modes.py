@@ -238,7 +238,7 @@ def setup_mode(
     if mode in ("pretrain", "frozen"):
         backbone, meta, folder = run_pretraining(cfg, ssl_images, device, progress, log)
         md = ModeData(
-            cfg, pool_images, val, test, num_classes, device, tuple(meta["mean"]), tuple(meta["std"]), progress, backbone, str(folder)
+            cfg, pool_images, val, test, num_classes, device, tuple(meta["mean"]), tuple(meta["std"]), progress, backbone, str(folder.resolve())
         )
         if mode == "frozen":
             md.frozen_features = frozen_features(md)
