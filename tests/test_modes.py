@@ -257,11 +257,11 @@ def test_pretraining_key_ignores_where_and_how_often_it_saves(sample):
 def test_pretrain_and_frozen_modes_share_one_cached_pretraining(tmp_path):
     cache = f"cache_dir={tmp_path / 'cache'}"
     logs = []
-    cfg = resolve_config(None, ["initial=40", "budget=30", "cycles=2", f"out={tmp_path / 'p'}", *PRE, cache, "train.mode=pretrain", "class_caps={0: 300, 1: 300, 2: 300, 3: 300, 4: 300, 5: 300, 6: 300, 7: 300, 8: 300, 9: 300}"])
+    cfg = resolve_config(None, ["initial=40", "budget=30", "cycles=2", f"out={tmp_path / 'p'}", *PRE, cache, "train.mode=pretrain", "class_caps={0: 60, 1: 60, 2: 60, 3: 60, 4: 60, 5: 60, 6: 60, 7: 60, 8: 60, 9: 60}"])
     rp = run_experiment(cfg, progress=False, log=logs.append)
     assert any("pretraining byol" in s for s in logs)
     logs.clear()
-    cfg = resolve_config(None, ["initial=40", "budget=30", "cycles=2", f"out={tmp_path / 'f'}", *PRE, cache, "train.mode=frozen", "strategy=typiclust", "initial_strategy=typiclust", "train.epochs=30", "class_caps={0: 300, 1: 300, 2: 300, 3: 300, 4: 300, 5: 300, 6: 300, 7: 300, 8: 300, 9: 300}"])
+    cfg = resolve_config(None, ["initial=40", "budget=30", "cycles=2", f"out={tmp_path / 'f'}", *PRE, cache, "train.mode=frozen", "strategy=typiclust", "initial_strategy=typiclust", "train.epochs=30", "class_caps={0: 60, 1: 60, 2: 60, 3: 60, 4: 60, 5: 60, 6: 60, 7: 60, 8: 60, 9: 60}"])
     rf = run_experiment(cfg, progress=False, log=logs.append)
     assert any("loaded byol pretraining" in s for s in logs)  # reused, not retrained
     assert [r["n_labelled"] for r in rp] == [r["n_labelled"] for r in rf] == [40, 70]
