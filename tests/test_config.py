@@ -59,3 +59,8 @@ def test_budget_larger_than_pool():
     with pytest.raises(SsalError, match="budget=50"):
         validate_against_pool(cfg, 100)
     validate_against_pool(cfg, 110)
+
+
+def test_class_caps_from_the_command_line() -> None:
+    cfg = resolve_config(None, ["class_caps.0=30", "class_caps.3=5"])
+    assert dict(cfg.class_caps) == {0: 30, 3: 5}

@@ -135,6 +135,7 @@ def _load_yaml(source: str) -> DictConfig:
     return loaded
 
 
+_CAP = re.compile(r"^class_caps\.(\d+)=(\d+)$")
 _ALL = re.compile(r"^(subset)=(all|none|null)$", re.IGNORECASE)
 
 
@@ -149,14 +150,21 @@ def resolve_config(config: str | None = None, overrides: list[str] | tuple[str, 
     if config:
         layers.append(_load_yaml(config))
     dotlist = []
+    caps: dict[int, int] = {}
     for item in overrides:
         if "=" not in item:
             raise SsalError(f"override '{item}' is not of the form key=value")
         item = _ALL.sub(r"\1=null", item)
+        cap = _CAP.match(item)
+        if cap:  # class_caps.3=500: OmegaConf's dotlist would make the key the string '3'
+            caps[int(cap.group(1))] = int(cap.group(2))
+            continue
         dotlist.append(item)
     try:
         if dotlist:
             layers.append(OmegaConf.from_dotlist(dotlist))
+        if caps:
+            layers.append(OmegaConf.create({"class_caps": caps}))
         for layer in layers:
             cfg = OmegaConf.merge(cfg, layer)
     except OmegaConfBaseException as err:
