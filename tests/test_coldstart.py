@@ -11,7 +11,7 @@ import torch
 
 from ssal.errors import SsalError
 from ssal.strategies import STRATEGIES, SelectionContext, build_strategy
-from ssal.strategies.clustering import draw_seed, kmeans, l2_normalise, round_robin
+from ssal.clustering import draw_seed, kmeans, l2_normalise, round_robin
 from ssal.strategies.probcover import DELTA_GRID, ball_purity, choose_delta, delta_ball_graph, greedy_cover
 from ssal.strategies.prototypes import select_by_prototypes
 from ssal.strategies.typiclust import knn_distances, typicality

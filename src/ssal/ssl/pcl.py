@@ -40,7 +40,6 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable, Sequence
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -77,44 +76,20 @@ def auto_num_clusters(n: int, divisors: Sequence[int] = AUTO_CLUSTER_DIVISORS) -
 
 
 #: below this many point-centroid pairs k-means runs on one thread.
-_SMALL_KMEANS = 1_000_000
 
 
 def spherical_kmeans(features: Tensor, k: int, seed: int, niter: int = 20) -> tuple[Tensor, Tensor]:
-    """Spherical k-means (faiss) of the rows of ``features`` (n, d).
+    """Spherical k-means of the rows of ``features`` (n, d) on all n points
+    (:func:`ssal.clustering.kmeans`, faiss). Returns ``(centroids (k, d),
+    assignments (n,) long)`` on ``features``' device; the centroids are unit
+    vectors and each row goes to its nearest centroid."""
+    from ..clustering import kmeans
 
-    Returns ``(centroids (k, d), assignments (n,) long)`` on ``features``' device;
-    the centroids are unit vectors and each row is assigned to its nearest
-    centroid (max inner product). All n points are used for training (faiss'
-    default subsampling to 256 points per centroid is switched off). Problems with
-    fewer than a million point-centroid pairs run on one OpenMP thread.
-    """
-    import faiss  # local: only the E-step needs it
-
-    n, d = int(features.shape[0]), int(features.shape[1])
+    n = int(features.shape[0])
     if not 1 <= k <= n:
         raise ValueError(f"cannot cluster {n} points into {k} clusters")
-    x = np.ascontiguousarray(features.detach().float().cpu().numpy(), dtype=np.float32)
-    km = faiss.Kmeans(
-        d,
-        int(k),
-        niter=int(niter),
-        seed=int(seed),
-        spherical=True,
-        verbose=False,
-        max_points_per_centroid=max(256, math.ceil(n / k) + 1),
-        min_points_per_centroid=1,
-    )
-    threads = faiss.omp_get_max_threads()
-    if n * k < _SMALL_KMEANS:  # OpenMP start-up costs far more than tiny problems
-        faiss.omp_set_num_threads(1)
-    try:
-        km.train(x)
-        _, assign = km.index.search(x, 1)
-    finally:
-        faiss.omp_set_num_threads(threads)
-    centroids = F.normalize(torch.from_numpy(np.array(km.centroids, dtype=np.float32)), dim=1)
-    return centroids.to(features.device), torch.from_numpy(assign[:, 0].astype(np.int64)).to(features.device)
+    centroids, assign = kmeans(features.detach().float(), int(k), int(seed), niter=int(niter), spherical=True)
+    return F.normalize(centroids, dim=1).to(features.device), assign.to(features.device)
 
 
 def concentration(

@@ -29,7 +29,7 @@ import torch
 
 from ..errors import SsalError
 from .base import SelectionContext, Strategy, check_request
-from .clustering import draw_seed, kmeans, l2_normalise
+from ..clustering import draw_seed, kmeans, l2_normalise
 
 __all__ = ["ProbCoverStrategy", "DELTA_GRID", "delta_ball_graph", "greedy_cover", "ball_purity", "choose_delta"]
 

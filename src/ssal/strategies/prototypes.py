@@ -25,7 +25,7 @@ import torch
 
 from ..errors import SsalError
 from .base import SelectionContext, Strategy, check_request
-from .clustering import draw_seed, kmeans, l2_normalise, round_robin
+from ..clustering import draw_seed, kmeans, l2_normalise, round_robin
 
 __all__ = ["PrototypeStrategy", "select_by_prototypes"]
 

@@ -28,7 +28,7 @@ import torch
 
 from ..errors import SsalError
 from .base import SelectionContext, Strategy, check_request
-from .clustering import draw_seed, kmeans, l2_normalise, round_robin
+from ..clustering import draw_seed, kmeans, l2_normalise, round_robin
 
 __all__ = ["TypiClustStrategy", "typicality", "knn_distances"]
 

@@ -26,11 +26,11 @@ import heapq
 import math
 from typing import Callable, Iterable, Sequence
 
-import faiss
+
 import numpy as np
 import torch
 
-from ..errors import SsalError
+from .errors import SsalError
 
 __all__ = ["kmeans", "kmeans_plus_plus", "l2_normalise", "draw_seed", "round_robin"]
 
@@ -124,9 +124,27 @@ def kmeans(
         raise SsalError(f"k-means needs niter >= 1 and nredo >= 1, got niter={niter}, nredo={nredo}")
     if init not in ("k-means++", "random"):
         raise SsalError(f"k-means init must be 'k-means++' or 'random', got {init!r}")
+    import faiss  # noqa: PLC0415 - heavy, only needed here
+
     xn = np.ascontiguousarray(x.numpy(), dtype=np.float32)
     if not np.isfinite(xn).all():
         raise SsalError("features contain NaN or infinite values (or values too large for float32)")
+    threads = faiss.omp_get_max_threads()
+    if n * k < _SMALL_KMEANS:  # OpenMP start-up costs far more than tiny problems need
+        faiss.omp_set_num_threads(1)
+    try:
+        return _kmeans_runs(xn, k, seed, niter, spherical, nredo, init, max_points_per_centroid)
+    finally:
+        faiss.omp_set_num_threads(threads)
+
+
+_SMALL_KMEANS = 1_000_000  # point-centroid pairs below which faiss runs on one thread
+
+
+def _kmeans_runs(xn, k, seed, niter, spherical, nredo, init, max_points_per_centroid):
+    import faiss
+
+    n, d = xn.shape
     best_obj, centroids = math.inf, None
     for r in range(nredo):
         s = (int(seed) + r) % (2**31 - 1)
