@@ -164,7 +164,8 @@ def test_warmup_loss_is_mocov2() -> None:
     torch.manual_seed(1)
     moco = MoCoV2(copy.deepcopy(enc), enc.feat_dim, queue_size=32, momentum=0.999)
     pcl = PCL(copy.deepcopy(enc), enc.feat_dim, queue_size=32, num_clusters=(3, 6), warmup_epochs=2)
-    pcl.load_state_dict(moco.state_dict())  # strict: the same parameters and buffers, no cluster state
+    pcl.load_state_dict(moco.state_dict(), strict=False)  # the same parameters and buffers
+    assert set(pcl.state_dict()) - set(moco.state_dict()) == {"_extra_state"}  # the cluster state
     images = torch.randn(60, 3, 16, 16, generator=torch.Generator().manual_seed(2))
     for epoch in (0, 1):
         pcl.epoch_start(epoch, _batches(images))

@@ -179,10 +179,10 @@ def _run(images, model, model_kwargs, ssl_cfg, mean, std, device, folder: Path, 
     images_dev = images.to(device)
     while epoch < epochs:
         t_epoch = time.perf_counter()
-        if batch == 0:
-            g = generator(ssl_cfg.seed, "ssl-aug", epoch)
         method.train()
-        method.epoch_start(epoch, _batches(images_dev, prepare, device, 512, fmt))
+        if batch == 0:  # mid-epoch, the checkpoint restored the generator and the method's epoch state
+            g = generator(ssl_cfg.seed, "ssl-aug", epoch)
+            method.epoch_start(epoch, _batches(images_dev, prepare, device, 512, fmt))
         perm = torch.randperm(n, generator=generator(ssl_cfg.seed, "ssl-perm", epoch)).to(device)
         losses = []
         while batch < spe:

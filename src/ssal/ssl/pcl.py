@@ -340,6 +340,22 @@ class PCL(MomentumMixin, SSLMethod):
             phis.append(concentration(feats, a, c, k, self.alpha, self.temperature))
         self.centroids, self.phis, self.assignments = centroids, phis, assignments
 
+    def get_extra_state(self) -> dict:
+        """The E-step's result and the negative-draw generator, saved with
+        ``state_dict()`` so a pretraining resumed mid-epoch continues exactly."""
+        return {
+            "epoch": self.epoch,
+            "centroids": self.centroids,
+            "phis": self.phis,
+            "assignments": self.assignments,
+            "generator": self._generator.get_state(),
+        }
+
+    def set_extra_state(self, state: dict) -> None:
+        self.epoch = int(state["epoch"])
+        self.centroids, self.phis, self.assignments = list(state["centroids"]), list(state["phis"]), list(state["assignments"])
+        self._generator.set_state(state["generator"])
+
     def prototypes(self) -> list[tuple[Tensor, Tensor]]:
         """``(centroids (k_m, proj_dim), assignments (N,))`` per granularity, in
         the order of ``num_clusters`` (coarsest first for ``"auto"``); empty
