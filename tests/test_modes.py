@@ -309,3 +309,17 @@ def test_pcl_pretraining_resumes_mid_epoch_bit_identically(tmp_path, sample):
         pretrain(images, ssl_cfg=cfg.ssl, cache_dir=str(tmp_path / "b"), stop_after_steps=9, **kw)  # epoch 1, batch 3 of 6
     resumed, _, _ = pretrain(images, ssl_cfg=cfg.ssl, cache_dir=str(tmp_path / "b"), **kw)
     assert all(torch.equal(full[k], resumed[k]) for k in full)
+
+
+def test_fixed_steps_per_cycle_in_every_trainer(sample):
+    """train.steps fixes the optimizer steps per cycle (equal compute whatever |L|)."""
+    cfg = resolve_config(None, [*TINY, "train.steps=7", "train.batch_size=16"]).train
+    g = lambda: torch.Generator().manual_seed(0)  # noqa: E731
+    model, method, views, (mean, std) = tiny_joint(sample)
+    images, labels, pool = sample.images[:40], sample.labels[:40], sample.images[40:300]
+    cpu = torch.device("cpu")
+    s = train_mod.train_supervised(model, images, labels, cfg, WeakView(mean, std), g(), cpu, progress=False)
+    j = train_mod.train_joint(model, method, images, labels, lambda p: pool[p], len(pool), cfg, views, g(), cpu, progress=False)
+    h = train_mod.train_head(torch.nn.Linear(4, 10), torch.randn(40, 4), labels, cfg, g(), cpu)
+    assert s.steps == j.steps == h.steps == 7
+    assert (s.epochs, j.epochs, h.epochs) == (3, 2, 3)  # ceil(7 / 3), ceil(7 / 6), ceil(7 / 3)

@@ -26,6 +26,7 @@ class TrainConfig:
     mode: str = "supervised"  # supervised | joint (MoBYv2AL) | pretrain (SSL once, fine-tune) | frozen (SSL once, head only)
     epochs: int = 15
     min_steps: int = 60  # at least this many optimizer steps per cycle (tiny labelled sets)
+    steps: int = 0  # >0: exactly this many optimizer steps per cycle, whatever |L| (equal compute per cycle)
     batch_size: int = 64
     lr: float = 0.01
     momentum: float = 0.9
@@ -213,6 +214,7 @@ def validate(cfg: DictConfig) -> None:
     need(s.schedule in ("cosine", "step", "constant"), "ssl.schedule", s.schedule, "choose one of: cosine, step, constant")
     need(t.epochs >= 1, "train.epochs", t.epochs, "must be at least 1")
     need(t.min_steps >= 0, "train.min_steps", t.min_steps, "must be >= 0")
+    need(t.steps >= 0, "train.steps", t.steps, "must be >= 0")
     need(t.batch_size >= 1, "train.batch_size", t.batch_size, "must be at least 1")
     need(t.lr > 0, "train.lr", t.lr, "must be > 0")
     need(0 <= t.momentum < 1, "train.momentum", t.momentum, "must be in [0, 1)")

@@ -106,6 +106,16 @@ class _Stepper:
             self.opt.step()
 
 
+def plan_steps(cfg: TrainConfig, steps_per_epoch: int) -> tuple[int, int]:
+    """(epochs, total steps) of one cycle. ``cfg.steps > 0`` fixes the number of
+    optimizer steps whatever |L| is (equal compute per cycle; the last epoch may
+    be partial); else ``cfg.epochs``, raised so at least ``cfg.min_steps`` run."""
+    if getattr(cfg, "steps", 0):
+        return math.ceil(cfg.steps / steps_per_epoch), int(cfg.steps)
+    epochs = max(cfg.epochs, math.ceil(cfg.min_steps / steps_per_epoch))
+    return epochs, epochs * steps_per_epoch
+
+
 def _bar(total: int, desc: str, progress: bool):
     # disable=None: off when stderr is not a terminal
     return tqdm(total=total, desc=desc, disable=None if progress else True, leave=False, unit="step")
@@ -132,8 +142,7 @@ def train_supervised(
     n = int(images.shape[0])
     bs = min(cfg.batch_size, n)
     spe = math.ceil(n / bs)
-    epochs = max(cfg.epochs, math.ceil(cfg.min_steps / spe))
-    total = epochs * spe
+    epochs, total = plan_steps(cfg, spe)
     images = images.to(device)
     labels = labels.to(device)
     model.to(device=device, memory_format=_memory_format(cfg))
@@ -144,7 +153,7 @@ def train_supervised(
     bar = _bar(total, desc, progress)
     for _ in range(epochs):
         perm = torch.randperm(n, generator=generator).to(device)
-        for b in range(spe):
+        for b in range(min(spe, total - step)):
             idx = perm[b * bs : (b + 1) * bs]
             x = view(images[idx], generator).contiguous(memory_format=_memory_format(cfg))
             with stepper.autocast():
@@ -224,8 +233,7 @@ def train_joint(
     bs = min(cfg.batch_size, n)
     spe = math.ceil(n / bs)
     spe_u = math.ceil(n_u / bs) if n_u else 0
-    epochs = max(cfg.epochs, math.ceil(cfg.min_steps / (spe + spe_u)))
-    total = epochs * (spe + spe_u)
+    epochs, total = plan_steps(cfg, spe + spe_u)
     fmt = _memory_format(cfg)
     images = images.to(device)
     labels = labels.to(device)
@@ -270,10 +278,12 @@ def train_joint(
             else:
                 upos = torch.randperm(num_unlabelled, generator=generator)[:n_u]
         for b in range(max(spe, spe_u)):
+            if step >= total:
+                break
             if b < spe:
                 idx = perm[b * bs : (b + 1) * bs]
                 loss = one_step(images[idx], labels[idx])
-            if b < spe_u:
+            if b < spe_u and step < total:
                 loss = one_step(unlabelled_images(upos[b * bs : (b + 1) * bs]).to(device), None)
             if b % 5 == 0:
                 loss_val = float(loss.detach())
@@ -298,8 +308,7 @@ def train_head(
     n = int(features.shape[0])
     bs = min(cfg.batch_size, n)
     spe = math.ceil(n / bs)
-    epochs = max(cfg.epochs, math.ceil(cfg.min_steps / spe))
-    total = epochs * spe
+    epochs, total = plan_steps(cfg, spe)
     features, labels = features.to(device), labels.to(device)
     head.to(device)
     head.train()
@@ -308,7 +317,7 @@ def train_head(
     loss = torch.tensor(float("nan"))
     for _ in range(epochs):
         perm = torch.randperm(n, generator=generator).to(device)
-        for b in range(spe):
+        for b in range(min(spe, total - step)):
             idx = perm[b * bs : (b + 1) * bs]
             loss = F.cross_entropy(head(features[idx]), labels[idx], label_smoothing=cfg.label_smoothing)
             stepper.step(step, loss)
