@@ -323,3 +323,23 @@ def test_fixed_steps_per_cycle_in_every_trainer(sample):
     h = train_mod.train_head(torch.nn.Linear(4, 10), torch.randn(40, 4), labels, cfg, g(), cpu)
     assert s.steps == j.steps == h.steps == 7
     assert (s.epochs, j.epochs, h.epochs) == (3, 2, 3)  # ceil(7 / 3), ceil(7 / 6), ceil(7 / 3)
+
+
+def test_strong_strong_views_still_train_the_classifier_on_a_weak_view(tmp_path):
+    records = run(tmp_path, "ss", [*JOINT, "ssl.views=strong_strong", "cycles=1"])
+    assert records[0]["train_steps"] == 4 and 0 <= records[0]["test_acc"] <= 1
+
+
+def test_joint_mode_with_every_ssl_method(tmp_path):
+    """Every registered method plugs into joint training (rotation: one view,
+    the classifier on its own weak view; PCL: no prototypes before its warm-up)."""
+    from ssal.ssl import SSL_METHODS
+
+    for name in SSL_METHODS:
+        opts = ["ssl.options.hidden_dim=16"]
+        if name in ("moby", "mocov2", "pcl"):
+            opts.append("ssl.options.queue_size=64")
+        if name == "rotation":
+            opts = []
+        records = run(tmp_path, name, [*TINY, "train.mode=joint", f"ssl.method={name}", *opts, "cycles=1", "initial=20"])
+        assert records[0]["mode"] == "joint" and records[0]["train_steps"] == 2, name

@@ -81,8 +81,8 @@ def build_classifier(cfg: DictConfig, num_classes: int, in_channels: int) -> nn.
 
 
 def joint_views(cfg: DictConfig, mean, std) -> tuple:
-    """The two SSL views of joint training: (weak, strong) - the classifier reads
-    the first - or (strong, strong)."""
+    """The two SSL views of joint training: (weak, strong), the classifier
+    reading the first, or (strong, strong), the classifier on a weak view of its own."""
     first = WeakView(mean, std) if cfg.ssl.views == "weak_strong" else StrongView(mean, std)
     return first, StrongView(mean, std)
 
@@ -212,6 +212,7 @@ def train_cycle(
             md.device,
             lambda_c=float(cfg.ssl.lambda_c),
             low_loss_fraction=float(cfg.ssl.low_loss_fraction),
+            classifier_view=WeakView(md.mean, md.std) if cfg.ssl.views == "strong_strong" else None,
             progress=md.progress,
             desc=desc,
         )

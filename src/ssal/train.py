@@ -206,6 +206,7 @@ def train_joint(
     device: torch.device,
     lambda_c: float = 0.5,
     low_loss_fraction: float = 1.0,
+    classifier_view: View | None = None,
     progress: bool = True,
     desc: str = "train",
 ) -> TrainStats:
@@ -215,7 +216,9 @@ def train_joint(
     ``CE(head(f_q(weak)), y) + lambda_c * L_ssl``, an unlabelled batch
     ``lambda_c * L_ssl``; the classifier reads the online encoder's features of
     the weak view (``views[0]``, also the SSL loss's first view, so one forward
-    pass serves both). Each epoch draws ``len(images)`` unlabelled images without
+    pass serves both) unless ``classifier_view`` is given (``ssl.views =
+    strong_strong``: both SSL views strong, the classifier on its own weak view),
+    or the method does not encode ``views[0]`` as given (rotation). Each epoch draws ``len(images)`` unlabelled images without
     replacement through ``unlabelled_images(positions)`` (positions in
     ``range(num_unlabelled)``): this function returns images only, so no pool
     label can reach the trainer. The SSL state (queues, momentum target) is
@@ -257,7 +260,10 @@ def train_joint(
             out = method(vs, update=True)
             loss = lambda_c * out.loss
             if y is not None:
-                feats = out.features if out.features is not None else model.features(views[0](x, generator).contiguous(memory_format=fmt))
+                if out.features is not None and classifier_view is None:
+                    feats = out.features
+                else:
+                    feats = model.features((classifier_view or views[0])(x, generator).contiguous(memory_format=fmt))
                 loss = loss + F.cross_entropy(model.head(feats), y, label_smoothing=cfg.label_smoothing)
         stepper.step(step, loss)
         method.after_step(step, total)
