@@ -157,10 +157,14 @@ class FrozenTrained(Trained):
 
 
 def make_head(cfg: DictConfig, feat_dim: int, num_classes: int) -> nn.Module:
+    """The frozen mode's head. Both start with a BatchNorm without affine
+    parameters, which standardises the frozen features (MAE's linear probe, He et
+    al., CVPR 2022, sec. A.2), so one learning rate suits any encoder."""
+    norm = nn.BatchNorm1d(feat_dim, affine=False)
     if cfg.train.head == "mlp":
         h = int(cfg.train.head_hidden)
-        return nn.Sequential(nn.Linear(feat_dim, h), nn.BatchNorm1d(h), nn.ReLU(inplace=True), nn.Linear(h, num_classes))
-    return nn.Linear(feat_dim, num_classes)
+        return nn.Sequential(norm, nn.Linear(feat_dim, h), nn.BatchNorm1d(h), nn.ReLU(inplace=True), nn.Linear(h, num_classes))
+    return nn.Sequential(norm, nn.Linear(feat_dim, num_classes))
 
 
 def train_cycle(
