@@ -64,3 +64,9 @@ def test_budget_larger_than_pool():
 def test_class_caps_from_the_command_line() -> None:
     cfg = resolve_config(None, ["class_caps.0=30", "class_caps.3=5"])
     assert dict(cfg.class_caps) == {0: 30, 3: 5}
+
+
+def test_initial_strategy_must_not_need_a_classifier() -> None:
+    assert resolve_config(None, ["initial_strategy=typiclust"]).initial_strategy == "typiclust"
+    with pytest.raises(SsalError, match="initial_strategy=entropy"):
+        resolve_config(None, ["initial_strategy=entropy"])

@@ -103,6 +103,7 @@ class Config:
     ssl: SSLConfig = field(default_factory=SSLConfig)
 
 
+INITIAL_STRATEGIES = ("random", "typiclust", "probcover", "prototypes", "coreset")
 TRAIN_MODES = ("supervised", "joint", "pretrain", "frozen")
 PRESET_DIR = "presets"
 
@@ -200,6 +201,12 @@ def validate(cfg: DictConfig) -> None:
     need(cfg.val_size >= 0, "val_size", cfg.val_size, "must be >= 0")
     need(cfg.threads >= 0, "threads", cfg.threads, "must be >= 0")
     t = cfg.train
+    need(
+        cfg.initial_strategy in INITIAL_STRATEGIES,
+        "initial_strategy",
+        cfg.initial_strategy,
+        f"choose one of: {', '.join(INITIAL_STRATEGIES)} (strategies that need no trained classifier)",
+    )
     need(t.mode in TRAIN_MODES, "train.mode", t.mode, f"choose one of: {', '.join(TRAIN_MODES)}")
     need(t.head in ("linear", "mlp"), "train.head", t.head, "choose one of: linear, mlp")
     s = cfg.ssl
