@@ -37,7 +37,6 @@ exactly MoCoV2's keys.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterable, Sequence
 
 import torch

@@ -16,7 +16,7 @@ import torch
 
 from ..errors import SsalError
 
-__all__ = ["SelectionContext", "Strategy", "ScoreStrategy", "check_request", "top_scores"]
+__all__ = ["SelectionContext", "Strategy", "ScoreStrategy", "check_request", "normalised_features", "top_scores"]
 
 
 @dataclass
@@ -62,6 +62,18 @@ def check_request(ctx: SelectionContext, budget: int) -> None:
         raise SsalError("candidates contain repeated pool indices")
     if bool(torch.isin(ctx.candidates, ctx.labelled).any()):
         raise SsalError("candidates include labelled pool indices")
+
+
+def normalised_features(ctx: SelectionContext) -> torch.Tensor:
+    """L2-normalised features of ``candidates`` then ``labelled`` (one embed call),
+    the input of the representation strategies (TypiClust, ProbCover, prototypes)."""
+    n = ctx.candidates.numel() + ctx.labelled.numel()
+    _, features = ctx.embed(torch.cat([ctx.candidates, ctx.labelled]))
+    if features.ndim != 2 or features.shape[0] != n:
+        raise SsalError(f"embed returned {features.shape[0]} feature rows for {n} images")
+    from ..clustering import l2_normalise
+
+    return l2_normalise(features)
 
 
 def top_scores(scores: torch.Tensor, k: int) -> torch.Tensor:

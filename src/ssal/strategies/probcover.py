@@ -28,8 +28,8 @@ import numpy as np
 import torch
 
 from ..errors import SsalError
-from .base import SelectionContext, Strategy, check_request
-from ..clustering import draw_seed, kmeans, l2_normalise
+from .base import SelectionContext, Strategy, check_request, normalised_features
+from ..clustering import draw_seed, kmeans
 
 __all__ = ["ProbCoverStrategy", "DELTA_GRID", "delta_ball_graph", "greedy_cover", "ball_purity", "choose_delta"]
 
@@ -188,10 +188,7 @@ class ProbCoverStrategy(Strategy):
         if budget == 0:
             return torch.empty(0, dtype=torch.long)
         n = ctx.candidates.numel()
-        _, features = ctx.embed(torch.cat([ctx.candidates, ctx.labelled]))
-        x = l2_normalise(features)
-        if x.shape[0] != n + ctx.labelled.numel():
-            raise SsalError(f"embed returned {x.shape[0]} feature rows for {n + ctx.labelled.numel()} images")
+        x = normalised_features(ctx)
         if self.delta == "auto":
             delta = choose_delta(x, self.auto_clusters, draw_seed(ctx.generator), self.alpha)
         else:

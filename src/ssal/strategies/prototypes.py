@@ -24,7 +24,7 @@ from __future__ import annotations
 import torch
 
 from ..errors import SsalError
-from .base import SelectionContext, Strategy, check_request
+from .base import SelectionContext, Strategy, check_request, normalised_features
 from ..clustering import draw_seed, kmeans, l2_normalise, round_robin
 
 __all__ = ["PrototypeStrategy", "select_by_prototypes"]
@@ -100,11 +100,8 @@ class PrototypeStrategy(Strategy):
         if budget == 0:
             return torch.empty(0, dtype=torch.long)
         n = ctx.candidates.numel()
-        _, features = ctx.embed(torch.cat([ctx.candidates, ctx.labelled]))
-        x = l2_normalise(features)
+        x = normalised_features(ctx)
         total = x.shape[0]
-        if total != n + ctx.labelled.numel():
-            raise SsalError(f"embed returned {total} feature rows for {n + ctx.labelled.numel()} images")
         k = self.num_prototypes or min(ctx.labelled.numel() + budget, self.max_prototypes)
         centroids, _ = kmeans(x, min(k, total), draw_seed(ctx.generator), niter=self.niter, spherical=True)
         labelled = torch.zeros(total, dtype=torch.bool)

@@ -27,8 +27,8 @@ from __future__ import annotations
 import torch
 
 from ..errors import SsalError
-from .base import SelectionContext, Strategy, check_request
-from ..clustering import draw_seed, kmeans, l2_normalise, round_robin
+from .base import SelectionContext, Strategy, check_request, normalised_features
+from ..clustering import draw_seed, kmeans, round_robin
 
 __all__ = ["TypiClustStrategy", "typicality", "knn_distances"]
 
@@ -85,11 +85,8 @@ class TypiClustStrategy(Strategy):
         if budget == 0:
             return torch.empty(0, dtype=torch.long)
         n = ctx.candidates.numel()
-        _, features = ctx.embed(torch.cat([ctx.candidates, ctx.labelled]))
-        x = l2_normalise(features)
+        x = normalised_features(ctx)
         total = x.shape[0]
-        if total != n + ctx.labelled.numel():
-            raise SsalError(f"embed returned {total} feature rows for {n + ctx.labelled.numel()} images")
         k = min(ctx.labelled.numel() + budget, self.max_clusters, total)
         _, assign = kmeans(x, k, draw_seed(ctx.generator), niter=self.niter)
         sizes = torch.bincount(assign, minlength=k)
