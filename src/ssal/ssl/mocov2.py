@@ -51,7 +51,9 @@ class MoCoV2(MomentumMixin, SSLMethod):
         self._init_target()
         self.queue = KeyQueue(queue_size, proj_dim)
 
-    def forward(self, views: list[Tensor], update: bool = True, index: Tensor | None = None) -> SSLOutput:
+    def _contrast(self, views: list[Tensor]) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+        """Online features of view 1, both normalised queries and momentum keys, and
+        the symmetric per-sample InfoNCE against a snapshot of the queue."""
         self._check_views(views)
         f1, f2 = self.encoder(views[0]), self.encoder(views[1])
         q1 = F.normalize(self.projector(f1), dim=1)
@@ -59,6 +61,10 @@ class MoCoV2(MomentumMixin, SSLMethod):
         k1, k2 = self.target_keys(views[0]), self.target_keys(views[1])
         queue = self.queue.keys.clone().detach()
         per = info_nce(q1, k2, queue, self.temperature, "none") + info_nce(q2, k1, queue, self.temperature, "none")
+        return f1, q1, q2, k1, k2, per
+
+    def forward(self, views: list[Tensor], update: bool = True, index: Tensor | None = None) -> SSLOutput:
+        f1, _, _, k1, k2, per = self._contrast(views)
         if update:
             self.queue.enqueue(torch.cat([k1, k2]))
         return SSLOutput(per.mean(), per.detach(), f1)

@@ -44,8 +44,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import SsalError
-from .base import KeyQueue, MomentumMixin, SSLMethod, SSLOutput, projection_head
-from .mocov2 import info_nce
+from .base import SSLOutput
+from .mocov2 import MoCoV2, info_nce
 
 __all__ = [
     "AUTO_CLUSTER_DIVISORS",
@@ -228,7 +228,7 @@ def _num_clusters_option(value: object) -> tuple[int, ...] | str:
     return ks
 
 
-class PCL(MomentumMixin, SSLMethod):
+class PCL(MoCoV2):
     """PCL with MoCo v2's symmetric InfoNCE (see the module docstring).
 
     Options: ``num_clusters`` a list of granularities or ``"auto"``
@@ -263,7 +263,6 @@ class PCL(MomentumMixin, SSLMethod):
         kmeans_niter: int = 20,
         seed: int = 0,
     ) -> None:
-        super().__init__(encoder, feat_dim)
         if temperature <= 0:
             raise ValueError(f"temperature must be positive, got {temperature}")
         if not 0.0 <= momentum <= 1.0:
@@ -273,18 +272,14 @@ class PCL(MomentumMixin, SSLMethod):
                 f"need warmup_epochs >= 0, num_negatives >= 0, kmeans_niter >= 1, alpha > -1; "
                 f"got {warmup_epochs}, {num_negatives}, {kmeans_niter}, {alpha}"
             )
-        self.temperature = float(temperature)
-        self.momentum_base = float(momentum)
-        self.momentum_final = float(momentum)
+        # MoCo v2 with a constant momentum (base == final)
+        super().__init__(encoder, feat_dim, proj_dim, hidden_dim, queue_size, float(temperature), float(momentum), float(momentum), head)
         self.num_clusters = _num_clusters_option(num_clusters)
         self.warmup_epochs = int(warmup_epochs)
         self.num_negatives = int(num_negatives)
         self.alpha = float(alpha)
         self.kmeans_niter = int(kmeans_niter)
         self.seed = int(seed)
-        self.projector = projection_head(feat_dim, hidden_dim, proj_dim, head)
-        self._init_target()
-        self.queue = KeyQueue(queue_size, proj_dim)
         self.epoch = -1
         self.centroids: list[Tensor] = []
         self.phis: list[Tensor] = []
@@ -368,13 +363,7 @@ class PCL(MomentumMixin, SSLMethod):
     # -- M-step ----------------------------------------------------------------
 
     def forward(self, views: list[Tensor], update: bool = True, index: Tensor | None = None) -> SSLOutput:
-        self._check_views(views)
-        f1, f2 = self.encoder(views[0]), self.encoder(views[1])
-        q1 = F.normalize(self.projector(f1), dim=1)
-        q2 = F.normalize(self.projector(f2), dim=1)
-        k1, k2 = self.target_keys(views[0]), self.target_keys(views[1])
-        queue = self.queue.keys.clone().detach()
-        per = info_nce(q1, k2, queue, self.temperature, "none") + info_nce(q2, k1, queue, self.temperature, "none")
+        f1, q1, q2, k1, k2, per = self._contrast(views)
         if index is not None and self.has_prototypes:
             if update:
                 g = self._generator
