@@ -28,9 +28,8 @@ from .config import to_yaml, validate_against_pool
 from .data import ImageData, apply_class_caps, load_dataset, split_validation
 from .data.oracle import ActivePool, GroundTruthOracle
 from .errors import SsalError
-from .modes import ModeData, Trained, build_classifier, build_ssl_branch, setup_mode, train_cycle
+from .modes import ModeData, NetworkTrained, Trained, build_classifier, build_ssl_branch, setup_mode, train_cycle
 from .strategies import SelectionContext, build_strategy
-from .train import predict
 from .utils import atomic_torch_save, atomic_write_json, atomic_write_text, derive_seed, generator, resolve_device
 
 STATE_FILE = "state.json"
@@ -176,7 +175,7 @@ class Experiment:
             model = build_classifier(cfg, md.num_classes, int(md.pool_images.shape[1]))
             if md.ssl_backbone is not None:
                 model.backbone.load_state_dict(md.ssl_backbone)
-            embed = lambda idx: predict_pool(model, md, idx)  # noqa: E731
+            embed = lambda idx: NetworkTrained(md, model, None).embed("pool", idx)  # noqa: E731
         cand = torch.arange(pool_size)
         if cfg.subset is not None and cfg.subset < pool_size:
             cand = torch.randperm(pool_size, generator=g)[: max(cfg.subset, cfg.initial)].sort().values
@@ -279,10 +278,6 @@ class Experiment:
             f"{r['cycle']:>5} {r['n_labelled']:>8} {100 * r['test_acc']:>8.2f} {val:>8} "
             f"{r['seconds_train']:>8.1f} {r['seconds_select']:>8.1f}  {picked}"
         )
-
-
-def predict_pool(model, md: ModeData, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    return predict(model, md.pool_images[idx], md.prepare, **md.eval_kwargs())
 
 
 def _check_picks(picks: torch.Tensor, cand: torch.Tensor, budget: int) -> None:

@@ -19,6 +19,7 @@ the oracle; unlabelled pool images reach the trainers as images alone.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -91,16 +92,18 @@ def build_ssl_branch(cfg: DictConfig, model: nn.Module) -> SSLMethod:
     return build_ssl(str(cfg.ssl.method), model.backbone, int(model.feat_dim), **dict(cfg.ssl.options))
 
 
-class Trained:
+class Trained(ABC):
     """A model trained in one cycle, in whatever mode."""
 
-    stats: TrainStats
+    stats: TrainStats | None
 
+    @abstractmethod
     def embed(self, split: str, idx: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        raise NotImplementedError  # pragma: no cover
+        """Logits and features of un-augmented images of ``split`` (``idx`` of them, or all)."""
 
+    @abstractmethod
     def evaluate(self, split: str, labels: torch.Tensor) -> dict:
-        raise NotImplementedError  # pragma: no cover
+        """Accuracy report of the whole ``split`` against ``labels``."""
 
     def ssl_loss(self, idx: torch.Tensor) -> torch.Tensor | None:
         return None
@@ -112,7 +115,7 @@ class Trained:
 class NetworkTrained(Trained):
     """supervised / joint / pretrain: a whole network, run on un-augmented images."""
 
-    def __init__(self, md: ModeData, model: nn.Module, stats: TrainStats, method: SSLMethod | None = None, seed_keys=()) -> None:
+    def __init__(self, md: ModeData, model: nn.Module, stats: TrainStats | None, method: SSLMethod | None = None, seed_keys=()) -> None:
         self.md, self.model, self.stats, self.method = md, model, stats, method
         self.seed_keys = seed_keys
 

@@ -21,6 +21,7 @@ No method ever receives a label: SSL code is label-free by construction.
 from __future__ import annotations
 
 import copy
+from abc import ABC, abstractmethod
 import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -139,7 +140,7 @@ class KeyQueue(nn.Module):
         return torch.roll(self.keys, -int(self.ptr), dims=0)
 
 
-class SSLMethod(nn.Module):
+class SSLMethod(nn.Module, ABC):
     """Base of every self-supervised method. Subclasses set ``name`` and
     ``num_views`` and implement :meth:`forward`.
 
@@ -156,8 +157,9 @@ class SSLMethod(nn.Module):
         self.encoder = encoder
         self.feat_dim = int(feat_dim)
 
-    def forward(self, views: list[Tensor], update: bool = True, index: Tensor | None = None) -> SSLOutput:  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abstractmethod
+    def forward(self, views: list[Tensor], update: bool = True, index: Tensor | None = None) -> SSLOutput:
+        """The loss of one batch of views (see the module docstring)."""
 
     def after_step(self, step: int, total_steps: int) -> None:
         """Called after optimizer step ``step`` (0-based) of ``total_steps``."""
