@@ -186,9 +186,17 @@ def test_registry_and_errors() -> None:
         build_strategy("random", temperature=2)
 
 
-def test_context_carries_no_labels() -> None:
-    """Strategies cannot read labels: the context has no field for them."""
-    assert [f.name for f in dataclasses.fields(SelectionContext)] == ["candidates", "labelled", "embed", "generator", "ssl_loss"]
+def test_context_carries_no_pool_labels() -> None:
+    """Strategies cannot read labels of unlabelled images: the only label fields
+    are those of the labelled set and of the validation split, in NetworkAccess
+    (tests/test_network_access.py checks what the loop puts there)."""
+    from ssal.strategies.base import NetworkAccess
+
+    assert [f.name for f in dataclasses.fields(SelectionContext)] == [
+        "candidates", "labelled", "embed", "generator", "ssl_loss", "network", "predicted_loss"
+    ]
+    label_fields = [f.name for f in dataclasses.fields(NetworkAccess) if "label" in f.name or f.name == "reference"]
+    assert label_fields == ["labelled_images", "labelled_labels", "reference"]
 
 
 def test_ssl_loss_high_picks_the_highest_ssl_losses() -> None:

@@ -87,6 +87,7 @@ class Config:
     model: str = "smallcnn"
     model_width: int = 0  # 0 = the model's default width (smallcnn only)
     strategy: str = "coreset"
+    strategy_options: dict[str, Any] = field(default_factory=dict)  # e.g. {mode: last_layer} for isal, {passes: 20} for bald
     initial: int = 100
     budget: int = 100
     cycles: int = 5

@@ -24,7 +24,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from . import __version__
-from .config import to_yaml, validate_against_pool
+from .config import Config, to_yaml, validate_against_pool
 from .data import ImageData, apply_class_caps, load_dataset, split_validation
 from .data.oracle import ActivePool, GroundTruthOracle
 from .errors import SsalError
@@ -99,7 +99,8 @@ class Experiment:
         saved_cfg_path = self.out / CONFIG_FILE
         if saved_cfg_path.exists():
             saved = OmegaConf.load(saved_cfg_path)
-            diff = _config_diff(OmegaConf.to_container(saved), OmegaConf.to_container(self.cfg))
+            defaults = OmegaConf.to_container(OmegaConf.structured(Config))
+            diff = _config_diff(OmegaConf.to_container(saved), OmegaConf.to_container(self.cfg), defaults)
             if diff:
                 raise SsalError(f"cannot resume {self.out}: config differs from the saved one at {', '.join(diff[:5])}")
         try:
@@ -116,7 +117,7 @@ class Experiment:
         if device.type == "cuda":
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
             torch.backends.cudnn.benchmark = False
-        strategy = build_strategy(cfg.strategy)
+        strategy = build_strategy(cfg.strategy, **dict(cfg.strategy_options))
         initial_strategy = None if cfg.initial_strategy == "random" else build_strategy(cfg.initial_strategy)
         state = self._check_out_dir()
         splits = prepare_splits(cfg, self.progress)
@@ -131,6 +132,8 @@ class Experiment:
         md = setup_mode(
             cfg, pool.images, val, (splits.test.images, splits.test.labels), splits.ssl_images, len(splits.classes), device, self.progress, self.log
         )
+        md.classifier_dropout = float(strategy.classifier_dropout)
+        md.loss_prediction = strategy.loss_prediction
 
         records: list[dict] = []
         start_cycle = 0
@@ -214,6 +217,8 @@ class Experiment:
                 embed=lambda idx: trained.embed("pool", idx),
                 generator=g,
                 ssl_loss=trained.ssl_loss if cfg.train.mode == "joint" else None,
+                network=trained.network_access(pool.labelled, pool.targets(pool.labelled)),
+                predicted_loss=trained.predicted_loss,
             )
             picks = strategy.select(ctx, cfg.budget)
             _check_picks(picks, cand, cfg.budget)
@@ -285,13 +290,24 @@ def _check_picks(picks: torch.Tensor, cand: torch.Tensor, budget: int) -> None:
         raise RuntimeError("strategy returned picks that are not `budget` distinct candidates")
 
 
-def _config_diff(a, b, prefix: str = "") -> list[str]:
-    keys = []
-    if isinstance(a, dict) and isinstance(b, dict):
-        for k in sorted(set(a) | set(b), key=str):
-            keys += _config_diff(a.get(k), b.get(k), f"{prefix}{k}.")
+_MISSING = object()
+
+
+def _config_diff(saved, current, defaults=None, prefix: str = "") -> list[str]:
+    """Dotted keys where two configs differ. A key missing from ``saved`` (a run
+    folder written before that key existed) counts as equal when ``current``
+    holds its schema default from ``defaults``."""
+    if isinstance(saved, dict) and isinstance(current, dict):
+        keys = []
+        for k in sorted(set(saved) | set(current), key=str):
+            d = defaults.get(k, _MISSING) if isinstance(defaults, dict) else _MISSING
+            a = saved.get(k, _MISSING)
+            b = current.get(k, _MISSING)
+            if a is _MISSING and d is not _MISSING and b == d:
+                continue
+            keys += _config_diff(None if a is _MISSING else a, None if b is _MISSING else b, d if d is not _MISSING else None, f"{prefix}{k}.")
         return keys
-    return [] if a == b else [prefix.rstrip(".")]
+    return [] if saved == current else [prefix.rstrip(".")]
 
 
 def run_experiment(cfg: DictConfig, resume: bool = False, progress: bool = True, log: Callable[[str], None] = print) -> list[dict]:

@@ -30,6 +30,7 @@ from torch import nn
 from .augment import StrongView, TestView, WeakView, channel_stats
 from .models import build_model
 from .ssl import SSLMethod, build_ssl
+from .strategies.base import NetworkAccess
 from .train import (
     TrainStats,
     accuracy_report,
@@ -60,6 +61,8 @@ class ModeData:
     ssl_backbone: dict[str, torch.Tensor] | None = None
     ssl_folder: str | None = None  # the SSL cache folder the backbone came from
     frozen_features: dict[str, torch.Tensor] = field(default_factory=dict)
+    classifier_dropout: float = 0.0  # asked for by the strategy (BALD's MC dropout)
+    loss_prediction: dict | None = None  # asked for by the strategy (Learning Loss options)
 
     @property
     def prepare(self) -> TestView:
@@ -77,8 +80,8 @@ def model_kwargs(cfg: DictConfig) -> dict:
     return {"width": cfg.model_width} if cfg.model_width else {}
 
 
-def build_classifier(cfg: DictConfig, num_classes: int, in_channels: int) -> nn.Module:
-    return build_model(cfg.model, num_classes, in_channels, **model_kwargs(cfg))
+def build_classifier(cfg: DictConfig, num_classes: int, in_channels: int, dropout: float = 0.0) -> nn.Module:
+    return build_model(cfg.model, num_classes, in_channels, dropout=dropout, **model_kwargs(cfg))
 
 
 def joint_views(cfg: DictConfig, mean, std) -> tuple:
@@ -108,6 +111,14 @@ class Trained(ABC):
     def ssl_loss(self, idx: torch.Tensor) -> torch.Tensor | None:
         return None
 
+    #: pool indices -> losses predicted by a Learning Loss module, when one was trained
+    predicted_loss: Callable[[torch.Tensor], torch.Tensor] | None = None
+
+    def network_access(self, labelled: torch.Tensor, labels: torch.Tensor) -> NetworkAccess | None:
+        """The network and labelled data for gradient / MC-dropout strategies;
+        None where there is no end-to-end network (frozen mode)."""
+        return None
+
     def state_dict(self) -> dict:
         return {}
 
@@ -125,6 +136,22 @@ class NetworkTrained(Trained):
 
     def evaluate(self, split: str, labels: torch.Tensor) -> dict:
         return evaluate(self.model, self.md.images(split), labels, self.md.num_classes, self.md.prepare, **self.md.eval_kwargs())
+
+    def network_access(self, labelled: torch.Tensor, labels: torch.Tensor) -> NetworkAccess:
+        md = self.md
+        pool = md.pool_images
+        return NetworkAccess(
+            model=self.model,
+            prepare=md.prepare,
+            pool_images=lambda idx: pool[idx],
+            labelled_images=pool[labelled],
+            labelled_labels=labels,
+            reference=md.val if md.val is not None and len(md.val[1]) else None,
+            num_classes=md.num_classes,
+            device=md.device,
+            batch_size=int(md.cfg.train.eval_batch_size),
+            channels_last=bool(md.cfg.train.channels_last),
+        )
 
     def ssl_loss(self, idx: torch.Tensor) -> torch.Tensor | None:
         if self.method is None:
@@ -194,7 +221,7 @@ def train_cycle(
         stats = train_head(head, feats[labelled], labels, cfg.train, g, md.device)
         return FrozenTrained(md, head, stats)
     in_ch = int(md.pool_images.shape[1])
-    model = build_classifier(cfg, md.num_classes, in_ch)
+    model = build_classifier(cfg, md.num_classes, in_ch, md.classifier_dropout)
     if mode == "pretrain" and md.ssl_backbone is not None:
         model.backbone.load_state_dict(md.ssl_backbone)
     if model_state is not None and cfg.train.warm_start:

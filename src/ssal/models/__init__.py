@@ -46,12 +46,13 @@ def build_backbone(name: str, in_channels: int = 3, **kwargs: Any) -> nn.Module:
     return builder(in_channels=in_channels, **kwargs)
 
 
-def build_model(name: str, num_classes: int, in_channels: int = 3, **kwargs: Any) -> Classifier:
-    """Backbone ``name`` (:func:`build_backbone`) with a linear ``num_classes`` head."""
+def build_model(name: str, num_classes: int, in_channels: int = 3, dropout: float = 0.0, **kwargs: Any) -> Classifier:
+    """Backbone ``name`` (:func:`build_backbone`) with a linear ``num_classes`` head
+    (``dropout`` before it, for MC-dropout strategies)."""
     if num_classes < 2:
         raise SsalError(f"num_classes must be at least 2, got {num_classes}")
     backbone = build_backbone(name, in_channels, **kwargs)
-    return Classifier(backbone, int(getattr(backbone, "feat_dim")), num_classes)
+    return Classifier(backbone, int(getattr(backbone, "feat_dim")), num_classes, dropout)
 
 
 __all__ = ["MODELS", "Classifier", "build_backbone", "build_model"]

@@ -14,15 +14,22 @@ from torch import Tensor, nn
 
 class Classifier(nn.Module):
     """``backbone`` maps (B, C, H, W) to (B, feat_dim); ``head`` is
-    ``nn.Linear(feat_dim, num_classes)``."""
+    ``nn.Linear(feat_dim, num_classes)``.
 
-    def __init__(self, backbone: nn.Module, feat_dim: int, num_classes: int) -> None:
+    ``dropout > 0`` puts dropout between the features and the head, active in
+    train mode only: the MC-dropout network of BALD (Gal et al., ICML 2017), which
+    samples it at selection time. Features are returned before the dropout."""
+
+    def __init__(self, backbone: nn.Module, feat_dim: int, num_classes: int, dropout: float = 0.0) -> None:
         super().__init__()
         if feat_dim < 1 or num_classes < 1:
             raise ValueError(f"feat_dim and num_classes must be positive, got {feat_dim} and {num_classes}")
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout must lie in [0, 1), got {dropout}")
         self.backbone = backbone
         self.feat_dim = feat_dim
         self.num_classes = num_classes
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.head = nn.Linear(feat_dim, num_classes)
 
     def features(self, x: Tensor) -> Tensor:
@@ -31,9 +38,9 @@ class Classifier(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """(B, num_classes) logits."""
-        return self.head(self.backbone(x))
+        return self.head(self.dropout(self.backbone(x)))
 
     def forward_with_features(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """Logits and features from one backbone pass."""
         feats = self.backbone(x)
-        return self.head(feats), feats
+        return self.head(self.dropout(feats)), feats

@@ -2,8 +2,10 @@
 
 A strategy gets a :class:`SelectionContext` (candidate and labelled pool indices,
 an ``embed`` function giving the current model's logits and features, a seeded
-generator) and returns ``budget`` distinct candidates in pick order. The context
-holds no labels, so no strategy can read one.
+generator and, for the strategies that need the network itself, a
+:class:`NetworkAccess`) and returns ``budget`` distinct candidates in pick order.
+The context holds no label of an unlabelled image, so no strategy can read one:
+the only labels in it are those of the labelled set and of the validation split.
 """
 
 from __future__ import annotations
@@ -13,10 +15,39 @@ from dataclasses import dataclass
 from typing import Callable
 
 import torch
+from torch import nn
 
 from ..errors import SsalError
 
-__all__ = ["SelectionContext", "Strategy", "ScoreStrategy", "check_request", "normalised_features", "top_scores"]
+__all__ = ["NetworkAccess", "SelectionContext", "Strategy", "ScoreStrategy", "check_request", "normalised_features", "require_network", "top_scores"]
+
+
+@dataclass
+class NetworkAccess:
+    """This cycle's trained network, for strategies that need more than logits and
+    features: gradients (ISAL, BADGE), MC dropout (BALD), images (VAAL).
+
+    model: the trained :class:`~ssal.models.Classifier` (``backbone`` then the
+        linear ``head``). Strategies may switch it between train and eval mode
+        but must leave its weights unchanged.
+    prepare: uint8 image batch (on ``device``) -> normalised float batch, no
+        randomness (the evaluation view).
+    pool_images: pool indices -> uint8 images (N, C, H, W); images only.
+    labelled_images, labelled_labels: the labelled set L, in ``ctx.labelled`` order.
+    reference: images and labels of the validation split (ISAL's reference set),
+        or None when the run has none. Never the test split.
+    """
+
+    model: nn.Module
+    prepare: Callable[[torch.Tensor], torch.Tensor]
+    pool_images: Callable[[torch.Tensor], torch.Tensor]
+    labelled_images: torch.Tensor
+    labelled_labels: torch.Tensor
+    reference: tuple[torch.Tensor, torch.Tensor] | None
+    num_classes: int
+    device: torch.device
+    batch_size: int = 512
+    channels_last: bool = True
 
 
 @dataclass
@@ -31,6 +62,10 @@ class SelectionContext:
     ssl_loss: pool indices -> (n,) per-image self-supervised loss of the current
         model (joint mode only; None otherwise), computed without changing the
         SSL state.
+    network: the trained network and the labelled data (network training modes
+        only: supervised, joint, pretrain; None in frozen mode and at cold start).
+    predicted_loss: pool indices -> (n,) losses predicted by the Learning Loss
+        module trained this cycle (None when none was trained).
     """
 
     candidates: torch.Tensor
@@ -38,12 +73,31 @@ class SelectionContext:
     embed: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
     generator: torch.Generator
     ssl_loss: Callable[[torch.Tensor], torch.Tensor] | None = None
+    network: NetworkAccess | None = None
+    predicted_loss: Callable[[torch.Tensor], torch.Tensor] | None = None
+
+
+def require_network(ctx: SelectionContext, name: str) -> NetworkAccess:
+    """``ctx.network``, or a clear error for a strategy ``name`` that needs it."""
+    if ctx.network is None:
+        raise SsalError(
+            f"strategy {name!r} needs the trained network: use train.mode=supervised, joint or pretrain "
+            "(not frozen) and initial_strategy=random"
+        )
+    return ctx.network
 
 
 class Strategy(ABC):
-    """Picks images to label. Subclasses set ``name`` and implement :meth:`select`."""
+    """Picks images to label. Subclasses set ``name`` and implement :meth:`select`.
+
+    A strategy may also ask for something of the cycle's training:
+    ``classifier_dropout`` > 0 trains the classifier with dropout before its head
+    (MC dropout for BALD); ``loss_prediction`` (a dict of options) trains a
+    Learning Loss module alongside it (Yoo & Kweon, CVPR 2019)."""
 
     name: str
+    classifier_dropout: float = 0.0
+    loss_prediction: dict | None = None
 
     @abstractmethod
     def select(self, ctx: SelectionContext, budget: int) -> torch.Tensor:

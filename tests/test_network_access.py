@@ -1,0 +1,54 @@
+"""What the loop hands to strategies that need the network (ISAL, BADGE, BALD,
+VAAL): the labels of L and of the validation split only, never a pool label."""
+
+import torch
+
+import ssal.strategies as strategies
+from ssal.config import resolve_config
+from ssal.data import load_dataset
+from ssal.loop import _config_diff, prepare_splits, run_experiment
+from ssal.strategies.base import Strategy, check_request
+
+FAST = ["initial=40", "budget=30", "cycles=2", "train.epochs=1", "train.min_steps=0", "train.batch_size=32", "model_width=8", "plot=false"]
+
+
+class Spy(Strategy):
+    name = "spy"
+    seen: list = []
+
+    def select(self, ctx, budget):
+        check_request(ctx, budget)
+        net = ctx.network
+        before = {k: v.clone() for k, v in net.model.state_dict().items()}
+        Spy.seen.append((ctx.labelled.clone(), net.labelled_labels.clone(), net.labelled_images.clone(), net.reference, ctx.candidates.clone(),
+                         net.pool_images(ctx.candidates[:5]).clone(), before, net.model))
+        return ctx.candidates[:budget]
+
+
+def test_network_access_holds_labels_of_L_and_validation_only(tmp_path, monkeypatch):
+    monkeypatch.setitem(strategies.STRATEGIES, "spy", Spy)
+    Spy.seen = []
+    cfg = resolve_config(None, [*FAST, "strategy=spy", f"out={tmp_path / 'r'}"])
+    run_experiment(cfg, progress=False, log=lambda s: None)
+    splits = prepare_splits(cfg, progress=False)
+    train, _ = load_dataset(cfg.dataset, cfg.data_root, cfg.cache_dir, progress=False)
+    (labelled, labels, images, reference, cand, cand_images, before, model), = Spy.seen
+    assert labels.numel() == labelled.numel() == 40
+    assert torch.equal(images, splits.pool.images[labelled])
+    assert torch.equal(cand_images, splits.pool.images[cand[:5]])
+    # they are the true labels of L
+    assert torch.equal(labels, train.labels[splits.pool_source_index[labelled]])
+    # the network is this cycle's trained model, in the state the strategy found it
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    ref_images, ref_labels = reference
+    assert torch.equal(ref_images, splits.val.images) and torch.equal(ref_labels, splits.val.labels)
+    assert not torch.equal(ref_images, splits.test.images[: len(ref_images)])
+
+
+def test_resume_accepts_configs_saved_before_a_key_existed():
+    defaults = {"a": 1, "strategy_options": {}, "train": {"x": 1, "new": 5}}
+    saved = {"a": 1, "train": {"x": 1}}
+    assert _config_diff(saved, {"a": 1, "strategy_options": {}, "train": {"x": 1, "new": 5}}, defaults) == []
+    assert _config_diff(saved, {"a": 1, "strategy_options": {"k": 2}, "train": {"x": 1, "new": 5}}, defaults) == ["strategy_options"]
+    assert _config_diff(saved, {"a": 1, "strategy_options": {}, "train": {"x": 1, "new": 6}}, defaults) == ["train.new"]
+    assert _config_diff(saved, {"a": 2, "strategy_options": {}, "train": {"x": 1, "new": 5}}, defaults) == ["a"]
