@@ -36,7 +36,10 @@ Keys (see `ssal list keys` for all of them and their defaults):
   data_root    folder holding the dataset's standard files (offline loading)
   model        smallcnn | resnet18 | vgg16
   strategy     random | entropy | margin | least_confidence | coreset |
-               typiclust | probcover | prototypes
+               typiclust | probcover | prototypes | ssl_loss_high | isal |
+               learning_loss | badge | bald | vaal   (`ssal list strategies`)
+  strategy_options.<name>  options of the strategy, e.g.
+               strategy_options.mode=last_layer for isal, .passes=30 for bald
   initial      size of the random initial labelled set
   budget       images labelled per cycle
   cycles       number of train/evaluate rounds (|L| = initial + budget * cycle)

@@ -28,7 +28,16 @@ from .config import Config, to_yaml, validate_against_pool
 from .data import ImageData, apply_class_caps, load_dataset, split_validation
 from .data.oracle import ActivePool, GroundTruthOracle
 from .errors import SsalError
-from .modes import ModeData, NetworkTrained, Trained, build_classifier, build_ssl_branch, setup_mode, train_cycle
+from .modes import (
+    ModeData,
+    NetworkTrained,
+    Trained,
+    build_classifier,
+    build_ssl_branch,
+    check_loss_prediction_mode,
+    setup_mode,
+    train_cycle,
+)
 from .strategies import SelectionContext, build_strategy
 from .utils import atomic_torch_save, atomic_write_json, atomic_write_text, derive_seed, generator, resolve_device
 
@@ -119,6 +128,9 @@ class Experiment:
             torch.backends.cudnn.benchmark = False
         strategy = build_strategy(cfg.strategy, **dict(cfg.strategy_options))
         initial_strategy = None if cfg.initial_strategy == "random" else build_strategy(cfg.initial_strategy)
+        check_loss_prediction_mode(cfg.train.mode, strategy.loss_prediction)  # before any training
+        if getattr(strategy, "needs_reference", False) and not cfg.val_size:
+            raise SsalError(f"strategy {cfg.strategy!r} needs a labelled reference set: set val_size > 0 (the test split is never used)")
         state = self._check_out_dir()
         splits = prepare_splits(cfg, self.progress)
         pool = splits.pool

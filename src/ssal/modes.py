@@ -28,6 +28,8 @@ from omegaconf import DictConfig
 from torch import nn
 
 from .augment import StrongView, TestView, WeakView, channel_stats
+from .errors import SsalError
+from .lossnet import LossPredictionModule
 from .models import build_model
 from .ssl import SSLMethod, build_ssl
 from .strategies.base import NetworkAccess
@@ -36,6 +38,7 @@ from .train import (
     accuracy_report,
     evaluate,
     predict,
+    predict_losses,
     ssl_sample_losses,
     train_head,
     train_joint,
@@ -165,6 +168,31 @@ class NetworkTrained(Trained):
         return self.model.state_dict()
 
 
+class LossPredictionTrained(NetworkTrained):
+    """supervised / pretrain with a Learning Loss module (Yoo & Kweon, CVPR 2019)
+    trained alongside the network; :meth:`predicted_loss` scores pool images.
+    The module is not part of :meth:`state_dict` (a warm start loads the
+    classifier alone; the module starts afresh each cycle)."""
+
+    def __init__(self, md: ModeData, model: nn.Module, loss_module: nn.Module, stats: TrainStats | None) -> None:
+        super().__init__(md, model, stats)
+        self.loss_module = loss_module
+
+    def predicted_loss(self, idx: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        """(n,) predicted losses of un-augmented pool images ``idx`` (float32, CPU)."""
+        return predict_losses(self.model, self.loss_module, self.md.pool_images[idx], self.md.prepare, **self.md.eval_kwargs())
+
+
+def check_loss_prediction_mode(mode: str, loss_prediction: dict | None) -> None:
+    """SsalError unless a strategy asking for a Learning Loss module runs in a
+    mode that trains the network with plain cross-entropy (supervised, pretrain)."""
+    if loss_prediction is not None and mode not in ("supervised", "pretrain"):
+        raise SsalError(
+            f"strategy learning_loss trains its loss-prediction module with the classifier: "
+            f"use train.mode=supervised or pretrain, not {mode}"
+        )
+
+
 class FrozenTrained(Trained):
     """frozen: a head on cached features of the SSL encoder."""
 
@@ -209,6 +237,7 @@ def train_cycle(
     ``labels``; ``unlabelled`` (pool indices, no labels) feeds the SSL branch."""
     cfg = md.cfg
     mode = cfg.train.mode
+    check_loss_prediction_mode(mode, md.loss_prediction)
     seed = cfg.seed
     torch.manual_seed(derive_seed(seed, cycle, "init"))
     g = generator(seed, cycle, "train")
@@ -252,6 +281,29 @@ def train_cycle(
         )
         return NetworkTrained(md, model, stats, method, seed_keys=(cycle,))
     view = {"weak": WeakView, "strong": StrongView, "none": TestView}[cfg.train.augment](md.mean, md.std)
+    if md.loss_prediction is not None:
+        # Learning Loss (Yoo & Kweon, CVPR 2019): the module trains with the network
+        channels = getattr(model.backbone, "stage_channels", None)
+        if channels is None:
+            raise SsalError(f"model {cfg.model!r} exposes no stage features for strategy learning_loss")
+        lp = md.loss_prediction
+        loss_module = LossPredictionModule(channels)
+        stats = train_supervised(
+            model,
+            md.pool_images[labelled],
+            labels,
+            cfg.train,
+            view,
+            g,
+            md.device,
+            progress=md.progress,
+            desc=desc,
+            loss_module=loss_module,
+            loss_weight=float(lp["weight"]),
+            loss_margin=float(lp["margin"]),
+            detach_fraction=float(lp["detach_fraction"]),
+        )
+        return LossPredictionTrained(md, model, loss_module, stats)
     stats = train_supervised(model, md.pool_images[labelled], labels, cfg.train, view, g, md.device, progress=md.progress, desc=desc)
     return NetworkTrained(md, model, stats)
 

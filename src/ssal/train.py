@@ -121,6 +121,39 @@ def _bar(total: int, desc: str, progress: bool):
     return tqdm(total=total, desc=desc, disable=None if progress else True, leave=False, unit="step")
 
 
+def loss_prediction_losses(
+    model: torch.nn.Module,
+    loss_module: torch.nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    margin: float = 1.0,
+    detach: bool = False,
+    label_smoothing: float = 0.0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean cross-entropy, loss-prediction loss) of one batch for Learning Loss
+    (Yoo & Kweon, CVPR 2019, Sec. 3.3): the per-sample cross-entropies are both
+    the task loss (their mean) and the ranking target of
+    :func:`~ssal.lossnet.loss_ranking_loss` (Eq. 2-3) for ``loss_module``'s
+    predictions on the backbone's stage maps. ``detach`` cuts the stage maps
+    from the backbone, so the ranking loss trains the module alone (the
+    released code does this after epoch 120 of 200)."""
+    from .lossnet import loss_ranking_loss
+
+    logits, _, stages = model.forward_with_stages(x)
+    per_sample = F.cross_entropy(logits, y, reduction="none", label_smoothing=label_smoothing)
+    if detach:
+        stages = [s.detach() for s in stages]
+    pred = loss_module(stages).float()
+    return per_sample.mean(), loss_ranking_loss(pred, per_sample.float(), margin)
+
+
+def detach_step(detach_fraction: float, total_steps: int) -> int:
+    """First optimizer step whose Learning Loss module inputs are detached:
+    ``ceil(detach_fraction * total_steps)`` (0.6 x 200 epochs = epoch 120 in
+    Yoo & Kweon, CVPR 2019, Sec. 4.1)."""
+    return math.ceil(detach_fraction * total_steps)
+
+
 def train_supervised(
     model: torch.nn.Module,
     images: torch.Tensor,
@@ -131,12 +164,23 @@ def train_supervised(
     device: torch.device,
     progress: bool = True,
     desc: str = "train",
+    loss_module: torch.nn.Module | None = None,
+    loss_weight: float = 1.0,
+    loss_margin: float = 1.0,
+    detach_fraction: float = 0.6,
 ) -> TrainStats:
     """Train ``model`` on labelled ``images`` (uint8, N x C x H x W) and ``labels``.
 
     Each epoch is a fresh permutation drawn from ``generator`` (without
     replacement); the last partial batch is kept. The number of epochs is raised
     so that at least ``cfg.min_steps`` steps run (tiny labelled sets).
+
+    ``loss_module`` (a :class:`~ssal.lossnet.LossPredictionModule` on the
+    backbone's stages) turns on Learning Loss (Yoo & Kweon, CVPR 2019, Sec. 3.3):
+    each step minimises ``mean CE + loss_weight * L_loss`` (:func:`loss_prediction_losses`),
+    the module's parameters in the same SGD optimizer and schedule, and from step
+    :func:`detach_step` on the module's inputs are detached from the backbone.
+    Without it the loop is plain cross-entropy training.
     """
     start = time.perf_counter()
     n = int(images.shape[0])
@@ -147,7 +191,14 @@ def train_supervised(
     labels = labels.to(device)
     model.to(device=device, memory_format=_memory_format(cfg))
     model.train()
-    stepper = _Stepper(model.parameters(), cfg, lr_schedule(cfg, spe, total), device)
+    params = list(model.parameters())
+    detach_from = total
+    if loss_module is not None:
+        loss_module.to(device)
+        loss_module.train()
+        params += list(loss_module.parameters())
+        detach_from = detach_step(detach_fraction, total)
+    stepper = _Stepper(params, cfg, lr_schedule(cfg, spe, total), device)
     step = 0
     loss_val = float("nan")
     bar = _bar(total, desc, progress)
@@ -157,7 +208,13 @@ def train_supervised(
             idx = perm[b * bs : (b + 1) * bs]
             x = view(images[idx], generator).contiguous(memory_format=_memory_format(cfg))
             with stepper.autocast():
-                loss = F.cross_entropy(model(x), labels[idx], label_smoothing=cfg.label_smoothing)
+                if loss_module is None:
+                    loss = F.cross_entropy(model(x), labels[idx], label_smoothing=cfg.label_smoothing)
+                else:
+                    ce, rank = loss_prediction_losses(
+                        model, loss_module, x, labels[idx], loss_margin, step >= detach_from, cfg.label_smoothing
+                    )
+                    loss = ce + loss_weight * rank
             stepper.step(step, loss)
             step += 1
             if step % 10 == 0 or step == total:
@@ -355,6 +412,32 @@ def predict(
     if not logits:
         return torch.empty(0), torch.empty(0)
     return torch.cat(logits), torch.cat(feats)
+
+
+@torch.no_grad()
+def predict_losses(
+    model: torch.nn.Module,
+    loss_module: torch.nn.Module,
+    images: torch.Tensor,
+    prepare: Callable[[torch.Tensor], torch.Tensor],
+    device: torch.device,
+    batch_size: int = 512,
+    amp: bool = True,
+    channels_last: bool = True,
+) -> torch.Tensor:
+    """(N,) losses that ``loss_module`` predicts for un-augmented ``images`` (uint8)
+    from ``model``'s stage maps, both in eval mode, on the CPU in float32: the
+    Learning Loss selection score (Yoo & Kweon, CVPR 2019, Sec. 3.1)."""
+    model.eval()
+    loss_module.eval()
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    out = []
+    for s in range(0, int(images.shape[0]), batch_size):
+        x = prepare(images[s : s + batch_size].to(device)).contiguous(memory_format=fmt)
+        with _autocast(device, amp):
+            _, _, stages = model.forward_with_stages(x)
+            out.append(loss_module(stages).float().cpu())
+    return torch.cat(out) if out else torch.empty(0)
 
 
 def accuracy_report(logits: torch.Tensor, labels: torch.Tensor, num_classes: int) -> dict:

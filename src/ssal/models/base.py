@@ -44,3 +44,10 @@ class Classifier(nn.Module):
         """Logits and features from one backbone pass."""
         feats = self.backbone(x)
         return self.head(self.dropout(feats)), feats
+
+    def forward_with_stages(self, x: Tensor) -> tuple[Tensor, Tensor, list[Tensor]]:
+        """Logits, features and the backbone's intermediate stage maps (its
+        ``stages``, channels ``backbone.stage_channels``) from one pass: the
+        inputs of a Learning Loss module (Yoo & Kweon, CVPR 2019, Fig. 3)."""
+        feats, stages = self.backbone.forward_with_stages(x)
+        return self.head(self.dropout(feats)), feats, stages

@@ -50,19 +50,46 @@ class ResNet(nn.Module):
         )
         layers: list[nn.Module] = []
         in_planes = width
+        stage_ends: list[int] = []
         for i, (planes, n) in enumerate(zip(widths, blocks)):
             for j in range(n):
                 stride = 2 if (i > 0 and j == 0) else 1
                 layers.append(BasicBlock(in_planes, planes, stride))
                 in_planes = planes
+            stage_ends.append(len(layers))
+        # one flat Sequential (state_dict keys layers.0 ... layers.7); stage k
+        # (layer1 ... layer4 of torchvision) ends after block stage_ends[k] - 1
         self.layers = nn.Sequential(*layers)
+        self._stage_ends = frozenset(stage_ends)
+        #: channels of the :meth:`stages` maps (layer1 ... layer4)
+        self.stage_channels: tuple[int, ...] = tuple(w for w, n in zip(widths, blocks) if n > 0)
         self.pool = nn.AdaptiveAvgPool2d(1)
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
 
+    def _trunk(self, x: Tensor, stages: list[Tensor] | None = None) -> Tensor:
+        """Stem and blocks; the last map, each stage's output appended to ``stages``."""
+        x = self.stem(x)
+        for i, block in enumerate(self.layers):
+            x = block(x)
+            if stages is not None and i + 1 in self._stage_ends:
+                stages.append(x)
+        return x
+
     def forward(self, x: Tensor) -> Tensor:
-        return torch.flatten(self.pool(self.layers(self.stem(x))), 1)
+        return torch.flatten(self.pool(self._trunk(x)), 1)
+
+    def forward_with_stages(self, x: Tensor) -> tuple[Tensor, list[Tensor]]:
+        """(B, feat_dim) features and the :meth:`stages` maps from one pass."""
+        stages: list[Tensor] = []
+        return torch.flatten(self.pool(self._trunk(x, stages)), 1), stages
+
+    def stages(self, x: Tensor) -> list[Tensor]:
+        """The outputs of layer1 ... layer4 (channels :attr:`stage_channels`): the
+        four feature maps the Learning Loss module reads in Yoo & Kweon (CVPR 2019),
+        Fig. 3 and their ResNet-18 experiments."""
+        return self.forward_with_stages(x)[1]
 
 
 def resnet18(in_channels: int = 3, width: int = 64) -> ResNet:

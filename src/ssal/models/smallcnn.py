@@ -54,9 +54,30 @@ class SmallCNN(nn.Module):
         # airbench pools the final 3x3 (or 4x4) map with a max-pool
         self.pool = nn.AdaptiveMaxPool2d(1)
         self.feat_dim = widths[2]
+        #: channels of the :meth:`stages` maps (one per ConvGroup)
+        self.stage_channels: tuple[int, ...] = tuple(int(w) for w in widths)
+
+    def _trunk(self, x: Tensor, stages: list[Tensor] | None = None) -> Tensor:
+        """Stem and ConvGroups; the last map, each group's output appended to ``stages``."""
+        x = self.stem(x)
+        for group in self.groups:
+            x = group(x)
+            if stages is not None:
+                stages.append(x)
+        return x
 
     def forward(self, x: Tensor) -> Tensor:
-        return torch.flatten(self.pool(self.groups(self.stem(x))), 1)
+        return torch.flatten(self.pool(self._trunk(x)), 1)
+
+    def forward_with_stages(self, x: Tensor) -> tuple[Tensor, list[Tensor]]:
+        """(B, feat_dim) features and the :meth:`stages` maps from one pass."""
+        stages: list[Tensor] = []
+        return torch.flatten(self.pool(self._trunk(x, stages)), 1), stages
+
+    def stages(self, x: Tensor) -> list[Tensor]:
+        """The output map of each ConvGroup (channels :attr:`stage_channels`), the
+        intermediate features a Learning Loss module reads (Yoo & Kweon, CVPR 2019, Fig. 3)."""
+        return self.forward_with_stages(x)[1]
 
 
 def smallcnn(in_channels: int = 3, width: int | tuple[int, int, int] = 64) -> SmallCNN:
