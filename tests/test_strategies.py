@@ -13,7 +13,9 @@ from hypothesis import strategies as st
 
 from ssal import kcenter_greedy
 from ssal.errors import SsalError
+from ssal.models import build_model
 from ssal.strategies import STRATEGIES, SelectionContext, build_strategy
+from ssal.strategies.base import NetworkAccess
 from ssal.strategies.uncertainty import entropy, least_confidence, margin
 
 # -- pure scores ---------------------------------------------------------------
@@ -73,6 +75,7 @@ def context(candidates: list[int], labelled: list[int], logits: dict[int, list[f
         embed=embed,
         generator=torch.Generator().manual_seed(seed),
         ssl_loss=lambda idx: ((idx * 7) % 13).double(),  # a label-free per-image score
+        predicted_loss=lambda idx: ((idx * 5) % 11).float(),  # a Learning Loss module's output
     )
 
 
@@ -153,6 +156,22 @@ def test_random_is_seeded_and_without_replacement() -> None:
 # -- every strategy ------------------------------------------------------------------
 
 
+def tiny_network(labelled: list[int]) -> NetworkAccess:
+    """A real (untrained) 4-class network over 60 random 16x16 pool images."""
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(1)
+    images = torch.randint(0, 256, (70, 3, 16, 16), dtype=torch.uint8, generator=g)
+    model = build_model("smallcnn", 4, 3, dropout=0.3, width=4)
+    idx = torch.tensor(labelled, dtype=torch.long)
+    return NetworkAccess(
+        model=model, prepare=lambda x: x.float() / 255, pool_images=lambda i: images[i], labelled_images=images[idx],
+        labelled_labels=idx % 4, reference=(images[60:], torch.arange(10) % 4), num_classes=4, device=torch.device("cpu"),
+    )  # fmt: skip
+
+
+CHEAP = {"isal": {"depth": 10}, "vaal": {"steps": 10}, "bald": {"passes": 3}}  # same code paths, fewer iterations
+
+
 @pytest.mark.parametrize("name", list(STRATEGIES))
 def test_every_strategy_returns_distinct_candidates(name: str) -> None:
     g = torch.Generator().manual_seed(0)
@@ -160,7 +179,13 @@ def test_every_strategy_returns_distinct_candidates(name: str) -> None:
     feats = {i: torch.randn(3, generator=g).tolist() for i in range(60)}
     cands = list(range(0, 60, 2))
     for labelled in ([1, 3, 5], []):
-        picks = build_strategy(name).select(context(cands, labelled, logits=logits, features=feats), 12)
+        ctx = dataclasses.replace(context(cands, labelled, logits=logits, features=feats), network=tiny_network(labelled))
+        strategy = build_strategy(name, **CHEAP.get(name, {}))
+        if not labelled and name in ("isal", "vaal"):  # they learn from L: a clear error at cold start
+            with pytest.raises(SsalError, match="labelled"):
+                strategy.select(ctx, 12)
+            continue
+        picks = strategy.select(ctx, 12)
         assert picks.dtype == torch.long and picks.numel() == 12
         assert picks.unique().numel() == 12 and set(picks.tolist()) <= set(cands)
 
@@ -177,11 +202,12 @@ def test_bad_requests_raise(name: str) -> None:
 
 
 def test_registry_and_errors() -> None:
-    names = ["random", "entropy", "margin", "least_confidence", "coreset", "typiclust", "probcover", "prototypes", "ssl_loss_high"]
+    names = ["random", "entropy", "margin", "least_confidence", "coreset", "typiclust", "probcover", "prototypes", "ssl_loss_high",
+             "learning_loss", "isal", "badge", "bald", "vaal"]  # fmt: skip
     assert list(STRATEGIES) == names
     assert all(build_strategy(n).name == n for n in STRATEGIES)
-    with pytest.raises(SsalError, match=r"unknown strategy 'bald'; choose one of: random, entropy, margin, least_confidence, coreset, typiclust"):
-        build_strategy("bald")
+    with pytest.raises(SsalError, match=r"unknown strategy 'coregcn'; choose one of: random, entropy, margin, least_confidence, coreset, typiclust"):
+        build_strategy("coregcn")
     with pytest.raises(SsalError, match="options"):
         build_strategy("random", temperature=2)
 

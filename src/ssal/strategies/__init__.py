@@ -9,15 +9,20 @@ from typing import Any
 
 from ..errors import SsalError
 from .base import ScoreStrategy, SelectionContext, Strategy
+from .badge import BadgeStrategy
+from .bald import BaldStrategy
 from .coreset import CoresetStrategy
 from .entropy import EntropyStrategy
 from .kcenter import kcenter_greedy
+from .isal import ISALStrategy
+from .learning_loss import LearningLossStrategy
 from .least_confidence import LeastConfidenceStrategy
 from .margin import MarginStrategy
 from .probcover import ProbCoverStrategy
 from .prototypes import PrototypeStrategy
 from .random import RandomStrategy
 from .typiclust import TypiClustStrategy
+from .vaal import VaalStrategy
 from .ssl_loss_high import SSLLossHighStrategy
 
 __all__ = ["STRATEGIES", "SelectionContext", "Strategy", "ScoreStrategy", "build_strategy", "kcenter_greedy"]
@@ -32,6 +37,11 @@ STRATEGIES: dict[str, type[Strategy]] = {
     "probcover": ProbCoverStrategy,
     "prototypes": PrototypeStrategy,
     "ssl_loss_high": SSLLossHighStrategy,
+    "learning_loss": LearningLossStrategy,
+    "isal": ISALStrategy,
+    "badge": BadgeStrategy,
+    "bald": BaldStrategy,
+    "vaal": VaalStrategy,
 }
 
 

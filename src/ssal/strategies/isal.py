@@ -69,6 +69,8 @@ class ISALStrategy(Strategy):
             raise SsalError("strategy 'isal' needs a labelled reference set: set val_size > 0 (the test split is never used)")
         if budget == 0:
             return torch.empty(0, dtype=torch.long)
+        if not ctx.labelled.numel():
+            raise SsalError("strategy 'isal' needs labelled images (its Hessian is that of the training loss on them); it cannot pick the initial set")
         scores = self.scores(ctx, net)
         if scores.shape != ctx.candidates.shape or not bool(torch.isfinite(scores).all()):
             raise SsalError("ISAL produced invalid influence scores (NaN or infinite); try a larger strategy_options.scale")
