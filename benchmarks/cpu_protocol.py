@@ -65,16 +65,33 @@ def load_runs(root: Path) -> dict[str, list[list[dict]]]:
     return runs
 
 
-def summarise(root: Path) -> str:
+def labels_to_reach(labelled: list[int], accs: list[float], target: float) -> float | None:
+    """Labels at which a mean learning curve first reaches ``target``, linearly
+    interpolated between cycles; None if it never does. The ISAL paper's
+    annotation saving at matched accuracy is ``1 - this / labels random needs``."""
+    for k, (n, a) in enumerate(zip(labelled, accs)):
+        if a >= target:
+            if k == 0:
+                return float(n)
+            n0, a0 = labelled[k - 1], accs[k - 1]
+            return n0 + (n - n0) * (target - a0) / (a - a0)
+    return None
+
+
+def summarise(root: Path, baseline: str = "random") -> str:
     runs = load_runs(root)
     if not runs:
         return f"no results under {root}"
     lines = []
     ncyc = max(len(r) for rs in runs.values() for r in rs)
-    header = "| variant | seeds | " + " | ".join(f"cycle {c}" for c in range(ncyc)) + " | train s per cycle | min/run |"
-    lines += [header, "|" + "---|" * (ncyc + 4)]
     longest = max((r for rs in runs.values() for r in rs), key=len)
     labelled = [rec["n_labelled"] for rec in longest]
+    target = None
+    if baseline in runs and all(len(r) == ncyc for r in runs[baseline]):
+        target = statistics.mean(100 * r[-1]["test_acc"] for r in runs[baseline])
+    saving_col = f" labels to {baseline}'s final {target:.2f}% (saving) |" if target is not None else ""
+    header = "| variant | seeds | " + " | ".join(f"cycle {c}" for c in range(ncyc)) + " | train s per cycle | min/run |" + saving_col
+    lines += [header, "|" + "---|" * (ncyc + 4 + bool(saving_col))]
     for strategy, rs in runs.items():
         cells = []
         for c in range(ncyc):
@@ -90,7 +107,13 @@ def summarise(root: Path) -> str:
             walls.append(sum(x["seconds_train"] + x["seconds_eval"] + x["seconds_select"] for x in r) / 60)
         train_s = [statistics.mean(r[c]["seconds_train"] for r in rs if len(r) > c) for c in range(ncyc) if any(len(r) > c for r in rs)]
         per_cycle = "/".join(f"{t:.0f}" for t in train_s)
-        lines.append(f"| {strategy} | {len(rs)} | " + " | ".join(cells) + f" | {per_cycle} | {statistics.mean(walls):.1f} |")
+        row = f"| {strategy} | {len(rs)} | " + " | ".join(cells) + f" | {per_cycle} | {statistics.mean(walls):.1f} |"
+        if saving_col:
+            complete = [r for r in rs if len(r) == ncyc]
+            mean_curve = [statistics.mean(100 * r[c]["test_acc"] for r in complete) for c in range(ncyc)] if complete else []
+            need = labels_to_reach(labelled, mean_curve, target) if mean_curve else None
+            row += " - |" if need is None else f" {need:.0f} ({100 * (1 - need / labelled[-1]):.0f}%) |"
+        lines.append(row)
     lines.insert(0, "labelled per cycle: " + ", ".join(map(str, labelled)) + "\n")
     plot_grid(runs, root / "curves.png", title=root.name)
     text = "\n".join(lines)

@@ -35,6 +35,7 @@ __all__ = ["ProbCoverStrategy", "DELTA_GRID", "delta_ball_graph", "greedy_cover"
 
 DELTA_GRID: tuple[float, ...] = tuple(round(0.3 + 0.05 * i, 2) for i in range(19))  # 0.30 .. 1.20
 _CHUNK = 1 << 24  # entries of one (rows x N) distance block
+MAX_EDGES = 50_000_000  # unordered pairs of a ball graph; building one costs about 100 bytes per pair at peak
 
 
 def _sq_dist_blocks(x: torch.Tensor, lower: bool):
@@ -50,13 +51,17 @@ def _sq_dist_blocks(x: torch.Tensor, lower: bool):
         yield a, c0, d2
 
 
-def delta_ball_graph(features: torch.Tensor, delta: float) -> tuple[torch.Tensor, torch.Tensor]:
+def delta_ball_graph(features: torch.Tensor, delta: float, max_edges: int = MAX_EDGES) -> tuple[torch.Tensor, torch.Tensor]:
     """The delta-ball graph of the rows of ``features`` in CSR form.
 
     Row i lists, in ascending order, every j with ``||x_i - x_j|| < delta``,
     i itself included. The squared distance of each unordered pair is computed
     once (``|x_i|^2 + |x_j|^2 - 2 x_i.x_j`` in the features' dtype, on their
     device), so the graph is exactly symmetric.
+
+    A first pass counts the pairs; more than ``max_edges`` raises SsalError
+    instead of exhausting memory (a delta that puts most pairs in each other's
+    balls also makes the coverage meaningless).
 
     Returns:
         indptr (N + 1,) LongTensor and indices (E,) IntTensor (int32 to halve
@@ -70,6 +75,14 @@ def delta_ball_graph(features: torch.Tensor, delta: float) -> tuple[torch.Tensor
     n = x.shape[0]
     if n >= 2**31:
         raise SsalError(f"too many points for an int32 graph: {n}")
+    pairs = 0
+    for a, c0, d2 in _sq_dist_blocks(x, lower=True):
+        pairs += int((d2 < delta * delta).triu_(diagonal=a - c0 + 1).sum())
+    if pairs > max_edges:
+        raise SsalError(
+            f"probcover delta {delta} joins {pairs:,} of the {n * (n - 1) // 2:,} pairs of {n} points "
+            f"(limit {max_edges:,}): use a smaller strategy_options.delta, or delta=auto, on features that separate the images"
+        )
     src, dst = [], []
     for a, c0, d2 in _sq_dist_blocks(x, lower=True):
         hit = d2 < delta * delta
