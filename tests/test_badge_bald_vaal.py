@@ -9,6 +9,8 @@ import math
 
 import pytest
 import torch
+
+from ssal.train import predict
 import torch.nn.functional as F
 from torch import nn
 
@@ -163,7 +165,14 @@ def test_bald_strategy_keeps_weights_and_flags_and_is_seeded() -> None:
     net = pool_network(pool, lab, model)
     strategy = build_strategy("bald", passes=8)
     assert isinstance(strategy, BaldStrategy) and strategy.classifier_dropout == 0.3
-    ctx = lambda seed: SelectionContext(cands, lab, embed=None, generator=torch.Generator().manual_seed(seed), network=net)  # noqa: E731
+    def embed(idx):  # the loop's embed: eval-mode features of un-augmented images (flags restored here)
+        saved = [m.training for m in model.modules()]
+        out = predict(model, pool[idx], net.prepare, torch.device("cpu"), 16, channels_last=False)
+        for m, f in zip(model.modules(), saved):
+            m.training = f
+        return out
+
+    ctx = lambda seed: SelectionContext(cands, lab, embed=embed, generator=torch.Generator().manual_seed(seed), network=net)  # noqa: E731
     a, b, c = strategy.select(ctx(0), 10), strategy.select(ctx(0), 10), strategy.select(ctx(1), 10)
     assert torch.equal(a, b) and not torch.equal(a, c)
     assert a.unique().numel() == 10 and set(a.tolist()) <= set(cands.tolist())
@@ -180,7 +189,7 @@ def test_bald_needs_network_and_dropout() -> None:
     lab, cands = torch.tensor([5]), torch.arange(5)
     with pytest.raises(SsalError, match="needs the trained network"):
         build_strategy("bald").select(SelectionContext(cands, lab, embed=None, generator=torch.Generator()), 2)
-    ctx = SelectionContext(cands, lab, embed=None, generator=torch.Generator(), network=pool_network(pool, lab))
+    ctx = SelectionContext(cands, lab, embed=lambda idx: (torch.zeros(len(idx), 4), torch.zeros(len(idx), 8)), generator=torch.Generator(), network=pool_network(pool, lab))
     with pytest.raises(SsalError, match="dropout"):
         build_strategy("bald").select(ctx, 2)
     with pytest.raises(SsalError, match="dropout"):

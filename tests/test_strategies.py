@@ -16,6 +16,7 @@ from ssal.errors import SsalError
 from ssal.models import build_model
 from ssal.strategies import STRATEGIES, SelectionContext, build_strategy
 from ssal.strategies.base import NetworkAccess
+from ssal.train import predict
 from ssal.strategies.uncertainty import entropy, least_confidence, margin
 
 # -- pure scores ---------------------------------------------------------------
@@ -156,17 +157,19 @@ def test_random_is_seeded_and_without_replacement() -> None:
 # -- every strategy ------------------------------------------------------------------
 
 
-def tiny_network(labelled: list[int]) -> NetworkAccess:
-    """A real (untrained) 4-class network over 60 random 16x16 pool images."""
+def tiny_network(labelled: list[int]) -> tuple[NetworkAccess, object]:
+    """A real (untrained) 4-class network over 60 random 16x16 pool images, and
+    the matching embed (eval-mode logits and features, as the loop's)."""
     torch.manual_seed(0)
     g = torch.Generator().manual_seed(1)
     images = torch.randint(0, 256, (70, 3, 16, 16), dtype=torch.uint8, generator=g)
     model = build_model("smallcnn", 4, 3, dropout=0.3, width=4)
     idx = torch.tensor(labelled, dtype=torch.long)
-    return NetworkAccess(
+    net = NetworkAccess(
         model=model, prepare=lambda x: x.float() / 255, pool_images=lambda i: images[i], labelled_images=images[idx],
         labelled_labels=idx % 4, reference=(images[60:], torch.arange(10) % 4), num_classes=4, device=torch.device("cpu"),
     )  # fmt: skip
+    return net, lambda i: predict(model, images[i], net.prepare, torch.device("cpu"), 64)
 
 
 CHEAP = {"isal": {"depth": 10}, "vaal": {"steps": 10}, "bald": {"passes": 3}}  # same code paths, fewer iterations
@@ -174,12 +177,10 @@ CHEAP = {"isal": {"depth": 10}, "vaal": {"steps": 10}, "bald": {"passes": 3}}  #
 
 @pytest.mark.parametrize("name", list(STRATEGIES))
 def test_every_strategy_returns_distinct_candidates(name: str) -> None:
-    g = torch.Generator().manual_seed(0)
-    logits = {i: torch.randn(4, generator=g).tolist() for i in range(60)}
-    feats = {i: torch.randn(3, generator=g).tolist() for i in range(60)}
     cands = list(range(0, 60, 2))
     for labelled in ([1, 3, 5], []):
-        ctx = dataclasses.replace(context(cands, labelled, logits=logits, features=feats), network=tiny_network(labelled))
+        net, embed = tiny_network(labelled)
+        ctx = dataclasses.replace(context(cands, labelled), embed=embed, network=net)
         strategy = build_strategy(name, **CHEAP.get(name, {}))
         if not labelled and name in ("isal", "vaal"):  # they learn from L: a clear error at cold start
             with pytest.raises(SsalError, match="labelled"):
@@ -216,8 +217,6 @@ def test_context_carries_no_pool_labels() -> None:
     """Strategies cannot read labels of unlabelled images: the only label fields
     are those of the labelled set and of the validation split, in NetworkAccess
     (tests/test_network_access.py checks what the loop puts there)."""
-    from ssal.strategies.base import NetworkAccess
-
     assert [f.name for f in dataclasses.fields(SelectionContext)] == [
         "candidates", "labelled", "embed", "generator", "ssl_loss", "network", "predicted_loss"
     ]

@@ -389,6 +389,26 @@ def train_head(
 
 
 @torch.no_grad()
+def map_batches(
+    fn: Callable[[torch.Tensor], object],
+    images: torch.Tensor,
+    prepare: Callable[[torch.Tensor], torch.Tensor],
+    device: torch.device,
+    batch_size: int = 512,
+    amp: bool = True,
+    channels_last: bool = True,
+) -> list:
+    """``fn`` of each batch of un-augmented ``images`` (uint8), prepared on
+    ``device`` in the training memory format, under autocast (CUDA), no grad."""
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    out = []
+    for s in range(0, int(images.shape[0]), batch_size):
+        x = prepare(images[s : s + batch_size].to(device)).contiguous(memory_format=fmt)
+        with _autocast(device, amp):
+            out.append(fn(x))
+    return out
+
+
 def predict(
     model: torch.nn.Module,
     images: torch.Tensor,
@@ -401,20 +421,17 @@ def predict(
     """Logits and features of un-augmented ``images`` in eval mode (no BN
     statistics updated), returned on the CPU in float32."""
     model.eval()
-    fmt = torch.channels_last if channels_last else torch.contiguous_format
-    logits, feats = [], []
-    for s in range(0, int(images.shape[0]), batch_size):
-        x = prepare(images[s : s + batch_size].to(device)).contiguous(memory_format=fmt)
-        with _autocast(device, amp):
-            lo, fe = model.forward_with_features(x)
-        logits.append(lo.float().cpu())
-        feats.append(fe.float().cpu())
-    if not logits:
+
+    def fn(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        lo, fe = model.forward_with_features(x)
+        return lo.float().cpu(), fe.float().cpu()
+
+    out = map_batches(fn, images, prepare, device, batch_size, amp, channels_last)
+    if not out:
         return torch.empty(0), torch.empty(0)
-    return torch.cat(logits), torch.cat(feats)
+    return torch.cat([o[0] for o in out]), torch.cat([o[1] for o in out])
 
 
-@torch.no_grad()
 def predict_losses(
     model: torch.nn.Module,
     loss_module: torch.nn.Module,
@@ -430,13 +447,7 @@ def predict_losses(
     Learning Loss selection score (Yoo & Kweon, CVPR 2019, Sec. 3.1)."""
     model.eval()
     loss_module.eval()
-    fmt = torch.channels_last if channels_last else torch.contiguous_format
-    out = []
-    for s in range(0, int(images.shape[0]), batch_size):
-        x = prepare(images[s : s + batch_size].to(device)).contiguous(memory_format=fmt)
-        with _autocast(device, amp):
-            _, _, stages = model.forward_with_stages(x)
-            out.append(loss_module(stages).float().cpu())
+    out = map_batches(lambda x: loss_module(model.forward_with_stages(x)[2]).float().cpu(), images, prepare, device, batch_size, amp, channels_last)
     return torch.cat(out) if out else torch.empty(0)
 
 

@@ -47,34 +47,22 @@ def bald_scores(probs: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def mc_dropout_probs(net: NetworkAccess, idx: torch.Tensor, passes: int, generator: torch.Generator) -> torch.Tensor:
-    """(passes, n, C) float64 softmax outputs of the pool images ``idx``: one
-    eval-mode backbone pass per batch, then ``passes`` dropout masks (rate of
-    ``net.model.dropout``, drawn from ``generator``, which must live on
-    ``net.device``) on the features before ``net.model.head``. Leaves the model's
-    train/eval flags as found."""
-    model = net.model
-    drop = getattr(model, "dropout", None)
-    head = getattr(model, "head", None)
-    if not isinstance(drop, nn.Dropout) or not isinstance(head, nn.Module) or not 0.0 < drop.p < 1.0:
-        raise SsalError("bald needs a classifier trained with dropout before its head (strategy_options.dropout in (0, 1))")
-    p = float(drop.p)
-    flags = [m.training for m in model.modules()]
-    fmt = torch.channels_last if net.channels_last else torch.contiguous_format
+def mc_dropout_probs(
+    features: torch.Tensor, head: nn.Module, p: float, passes: int, generator: torch.Generator, batch_size: int = 512
+) -> torch.Tensor:
+    """(passes, n, C) float64 softmax outputs of ``head`` on ``features`` (the
+    eval-mode backbone's, computed once) under ``passes`` dropout masks of rate
+    ``p`` with the 1/(1-p) scaling of ``nn.Dropout``, drawn from ``generator``
+    (which must live on the head's device). MC dropout on the head input is
+    exactly MC dropout of a classifier whose only dropout sits there."""
+    device = next(head.parameters()).device
     out = []
-    try:
-        model.eval()
-        for s in range(0, idx.numel(), net.batch_size):
-            x = net.prepare(net.pool_images(idx[s : s + net.batch_size]).to(net.device)).contiguous(memory_format=fmt)
-            h = model.features(x).float()
-            keep = torch.rand((passes, *h.shape), generator=generator, device=h.device) >= p
-            logits = head(h.unsqueeze(0) * keep / (1.0 - p))
-            out.append(torch.softmax(logits.double(), dim=2).cpu())
-    finally:
-        for m, f in zip(model.modules(), flags):
-            m.training = f
+    for h in features.split(batch_size):
+        h = h.to(device).float()
+        keep = torch.rand((passes, *h.shape), generator=generator, device=device) >= p
+        out.append(torch.softmax(head(h.unsqueeze(0) * keep / (1.0 - p)).double(), dim=2).cpu())
     if not out:
-        return torch.empty(passes, 0, int(net.num_classes), dtype=torch.float64)
+        return torch.empty(passes, 0, int(head.out_features), dtype=torch.float64)
     return torch.cat(out, dim=1)
 
 
@@ -97,9 +85,12 @@ class BaldStrategy(Strategy):
         if budget == 0:
             return torch.empty(0, dtype=torch.long)
         net = require_network(ctx, self.name)
-        device = torch.device(net.device)
-        gen = torch.Generator(device=device).manual_seed(draw_seed(ctx.generator))
-        probs = mc_dropout_probs(net, ctx.candidates, self.passes, gen)
+        drop = getattr(net.model, "dropout", None)
+        if not isinstance(drop, nn.Dropout) or not 0.0 < drop.p < 1.0:
+            raise SsalError("bald needs a classifier trained with dropout before its head (strategy_options.dropout in (0, 1))")
+        _, features = ctx.embed(ctx.candidates)  # eval mode, un-augmented, like every other strategy's
+        gen = torch.Generator(device=torch.device(net.device)).manual_seed(draw_seed(ctx.generator))
+        probs = mc_dropout_probs(features, net.model.head, float(drop.p), self.passes, gen, net.batch_size)
         if not bool(torch.isfinite(probs).all()):
             raise SsalError("the model produced NaN or infinite logits; cannot score candidates")
         return ctx.candidates[top_scores(bald_scores(probs), budget)]
