@@ -1,4 +1,6 @@
-"""The CPU active-learning protocol of BENCHMARKS.md: for one dataset, run
+"""The CPU active-learning protocol of BENCHMARKS.md (superseded by
+`ssal bench benchmarks/grids/cpu-protocol-*.yaml`, which runs the same runs into
+the same folders and adds CIs, AUBC and paired comparisons): for one dataset, run
 each strategy with each seed (supervised training, small CNN, 1,000 initial
 labels, +1,000 per cycle, 5 cycles), then summarise mean +- std per cycle.
 
@@ -29,6 +31,7 @@ from pathlib import Path
 from ssal.config import resolve_config
 from ssal.loop import run_experiment
 from ssal.plots import plot_grid
+from ssal.stats import labels_to_reach
 
 
 def variants(args: argparse.Namespace) -> list[tuple[str, list[str]]]:
@@ -63,19 +66,6 @@ def load_runs(root: Path) -> dict[str, list[list[dict]]]:
         strategy = res.parent.name.rsplit("-seed", 1)[0]
         runs.setdefault(strategy, []).append([json.loads(x) for x in res.read_text().splitlines()])
     return runs
-
-
-def labels_to_reach(labelled: list[int], accs: list[float], target: float) -> float | None:
-    """Labels at which a mean learning curve first reaches ``target``, linearly
-    interpolated between cycles; None if it never does. The ISAL paper's
-    annotation saving at matched accuracy is ``1 - this / labels random needs``."""
-    for k, (n, a) in enumerate(zip(labelled, accs)):
-        if a >= target:
-            if k == 0:
-                return float(n)
-            n0, a0 = labelled[k - 1], accs[k - 1]
-            return n0 + (n - n0) * (target - a0) / (a - a0)
-    return None
 
 
 def summarise(root: Path, baseline: str = "random") -> str:

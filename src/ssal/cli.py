@@ -18,7 +18,11 @@ labels as the 'oracle', and writes per-cycle results, the resolved config and a
 learning curve into the run folder. `ssal pretrain` runs the cached
 self-supervised pretraining ahead of the experiments, and `ssal eval-features`
 measures the representation of an SSL cache, a run's model or a random
-initialisation (kNN and linear-probe accuracy)."""
+initialisation (kNN and linear-probe accuracy). `ssal bench` runs a grid of
+experiments described in a YAML file (resumable, optionally in parallel) and
+summarises it over seeds: confidence intervals, area under the budget curve and
+paired comparisons with random. `ssal report` turns a run or a
+grid of runs into one self-contained HTML page (plus a Markdown twin)."""
 
 RUN_HELP = """\
 Run an active-learning experiment.
@@ -92,6 +96,61 @@ key=value are config overrides (see `ssal list keys`): model_width for
   ssal eval-features --random-init smallcnn --dataset sample model_width=32 --json random.json"""
 
 
+BENCH_HELP = """\
+Run a grid of active-learning experiments and summarise it over seeds.
+
+GRID.yaml names a base config and the axes to vary; the runs are the product
+of the axes (and of the named variants, when given):
+
+  name: cpu-baselines                  # default: the file name
+  preset: cpu-fashionmnist             # optional preset or config YAML
+  set: [data_root=../shared/data/fashion-mnist]   # overrides for every run
+  out: runs/grids/cpu-baselines        # default runs/grids/<name>
+  grid:                                # any config key -> list of values
+    strategy: [random, coreset, isal]
+    seed: [0, 1, 2]
+  variants:                            # optional named override sets, one more axis
+    default: []
+    ll: [strategy_options.mode=last_layer]
+  run_name: "{strategy}-{variant}-seed{seed}"   # optional folder-name template
+
+Every run's config is resolved and checked before anything runs. Each run goes
+to <out>/<run name> (default <dataset>-<mode>-<strategy>[-<variant>]-seed<k>);
+finished runs are skipped and interrupted ones resumed, so rerun the same
+command after a crash. --workers N runs N runs at a time in separate processes
+with max(1, cores // N) torch threads each (unless the grid sets threads).
+
+Writes <out>/grid.yaml (the expanded grid), <out>/summary.md and
+<out>/summary.json (per group of seeds: test accuracy per cycle as mean +- std
+with a 95% Student t CI, AUBC, labels needed to reach a target accuracy, train /
+eval / select seconds; every strategy against random of the same dataset and
+mode, paired by seed, flagged 'not resolved by the seeds' when the CI contains
+0) and <out>/curves.png.
+
+  ssal bench benchmarks/grids/cpu-protocol-fashionmnist.yaml --dry-run
+  ssal bench benchmarks/grids/cpu-protocol-fashionmnist.yaml --workers 2
+  ssal bench benchmarks/grids/cpu-protocol-fashionmnist.yaml --summary-only --target 85"""
+
+
+REPORT_HELP = """\
+Write one self-contained HTML report of a run folder or a folder of runs (a
+grid written by `ssal bench`), and a Markdown twin beside it: the per-cycle
+accuracy tables (for a grid: mean +- std over seeds per group, plus the grid's
+summary.md / summary.json), learning curves with std bands, the classes picked
+per cycle, per-class accuracy over cycles, a t-SNE (or UMAP, when installed) of
+the last model's features with the labelled and last-picked images marked, the
+resolved configs, the environment and the total compute time.
+
+The HTML file inlines its plots and style and links to nothing else: it opens
+offline. The Markdown twin references the plots as PNG files (SVG copies
+beside them) in <name>_plots/ next to it. The embedding plot recomputes
+features from model.pt and the run's dataset (skipped with a note when either
+is missing, or for frozen runs); --no-embedding skips it.
+
+  ssal report runs/sample-coreset-seed0
+  ssal report runs/grids/cpu-baselines --out /tmp/cpu-baselines.html --no-embedding"""
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ssal", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
     from . import __version__
@@ -131,6 +190,32 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--random-init", metavar="MODEL", help="evaluate a randomly initialised MODEL backbone instead of PATH")
     ev.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
     ev.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides (model_width, device, threads, ...)")
+    bench = sub.add_parser(
+        "bench",
+        help="run (or resume) a grid of experiments from a YAML file and summarise it over seeds",
+        description=BENCH_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    bench.add_argument("grid", metavar="GRID.yaml", help="the grid file")
+    bench.add_argument("--workers", "-j", type=int, default=1, metavar="N", help="runs at a time, each in its own process (default 1)")
+    bench.add_argument("--summary-only", action="store_true", help="run nothing; summarise the runs on disk")
+    bench.add_argument("--dry-run", action="store_true", help="list the runs and which are done; run and write nothing")
+    bench.add_argument(
+        "--target", type=float, metavar="ACC", help="test accuracy in %% for 'labels to target' (default: final mean accuracy of random)"
+    )
+    rep = sub.add_parser(
+        "report",
+        help="write a self-contained HTML report (and a Markdown twin) of a run or a grid of runs",
+        description=REPORT_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    rep.add_argument("folder", metavar="RUN_OR_GRID_DIR", help="a run folder, or a folder of run folders")
+    rep.add_argument("--out", "-o", metavar="FILE", help="the HTML file (default <dir>/report.html; the .md twin goes beside it)")
+    rep.add_argument("--no-embedding", action="store_true", help="skip the feature-embedding plots (no dataset loading, faster)")
+    rep.add_argument(
+        "--embedding-points", type=int, default=2000, metavar="N", help="pool images in each embedding plot (default 2000)"
+    )
+    rep.add_argument("--quiet", "-q", action="store_true", help="print only the paths written")
     lst = sub.add_parser("list", help="list datasets, models, strategies, presets or config keys")
     lst.add_argument("what", choices=["datasets", "models", "strategies", "presets", "keys"])
     return p
@@ -429,8 +514,21 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "list":
             _list(args.what)
             return 0
+        if args.command == "bench":
+            from .bench import bench_main
+
+            return bench_main(args.grid, workers=args.workers, summary_only=args.summary_only, dry_run=args.dry_run, target=args.target)
         if args.command == "eval-features":
             return _eval_features(args)
+        if args.command == "report":
+            from .report import write_report
+
+            log = (lambda s: None) if args.quiet else (lambda s: print(s, file=sys.stderr))
+            html_path, md_path = write_report(
+                args.folder, args.out, embedding=not args.no_embedding, embedding_points=args.embedding_points, log=log
+            )
+            print(f"wrote {html_path} and {md_path}")
+            return 0
         from .config import resolve_config, to_yaml
 
         cfg = resolve_config(args.config, args.overrides)

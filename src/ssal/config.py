@@ -78,6 +78,13 @@ class SSLConfig:
 
 
 @dataclass
+class LogConfig:
+    """Optional extra logging of a run; results.jsonl stays the source of truth."""
+
+    tensorboard: bool = False  # also write per-epoch and per-cycle scalars to <out>/tensorboard/ (needs `pip install tensorboard`)
+
+
+@dataclass
 class Config:
     """A whole active-learning experiment."""
 
@@ -102,6 +109,7 @@ class Config:
     initial_strategy: str = "random"  # how the initial set is chosen: random, or a strategy on the SSL features (cold start)
     train: TrainConfig = field(default_factory=TrainConfig)
     ssl: SSLConfig = field(default_factory=SSLConfig)
+    log: LogConfig = field(default_factory=LogConfig)
 
 
 INITIAL_STRATEGIES = ("random", "typiclust", "probcover", "prototypes", "coreset")

@@ -110,6 +110,7 @@ class Experiment:
             saved = OmegaConf.load(saved_cfg_path)
             defaults = OmegaConf.to_container(OmegaConf.structured(Config))
             diff = _config_diff(OmegaConf.to_container(saved), OmegaConf.to_container(self.cfg), defaults)
+            diff = [k for k in diff if k != "log" and not k.startswith("log.")]  # logging options change no result
             if diff:
                 raise SsalError(f"cannot resume {self.out}: config differs from the saved one at {', '.join(diff[:5])}")
         try:
@@ -129,6 +130,11 @@ class Experiment:
         strategy = build_strategy(cfg.strategy, **dict(cfg.strategy_options))
         initial_strategy = None if cfg.initial_strategy == "random" else build_strategy(cfg.initial_strategy)
         check_loss_prediction_mode(cfg.train.mode, strategy.loss_prediction)  # before any training
+        tensorboard = bool(OmegaConf.select(cfg, "log.tensorboard", default=False))
+        if tensorboard:
+            from .logging_tb import require_tensorboard
+
+            require_tensorboard()
         if getattr(strategy, "needs_reference", False) and not cfg.val_size:
             raise SsalError(f"strategy {cfg.strategy!r} needs a labelled reference set: set val_size > 0 (the test split is never used)")
         state = self._check_out_dir()
@@ -162,11 +168,23 @@ class Experiment:
         self._print_header()
         for r in records:
             self._print_row(r)
-        for cycle in range(start_cycle, cfg.cycles):
-            rec, model_state = self._cycle(cycle, splits, strategy, md, model_state)
-            records.append(rec)
-            self._save(records, pool, cycle + 1, model_state, md.ssl_folder)
-            self._print_row(rec)  # _save has drawn the curve after every cycle
+        tb = None
+        if tensorboard:
+            from .logging_tb import TensorBoardLogger
+
+            tb = TensorBoardLogger(self.out, records)
+        try:
+            for cycle in range(start_cycle, cfg.cycles):
+                md.on_epoch = tb.epoch_logger() if tb is not None else None
+                rec, model_state = self._cycle(cycle, splits, strategy, md, model_state)
+                records.append(rec)
+                self._save(records, pool, cycle + 1, model_state, md.ssl_folder)
+                if tb is not None:
+                    tb.log_cycle(rec)
+                self._print_row(rec)  # _save has drawn the curve after every cycle
+        finally:
+            if tb is not None:
+                tb.close()
         return records
 
     # -- one cycle ------------------------------------------------------------

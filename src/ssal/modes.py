@@ -66,6 +66,7 @@ class ModeData:
     frozen_features: dict[str, torch.Tensor] = field(default_factory=dict)
     classifier_dropout: float = 0.0  # asked for by the strategy (BALD's MC dropout)
     loss_prediction: dict | None = None  # asked for by the strategy (Learning Loss options)
+    on_epoch: Callable[[int, dict[str, float]], None] | None = None  # per-epoch scalars (TensorBoard), set by the loop
 
     @property
     def prepare(self) -> TestView:
@@ -247,7 +248,7 @@ def train_cycle(
         head = make_head(cfg, int(feats.shape[1]), md.num_classes)
         if model_state is not None and cfg.train.warm_start:
             head.load_state_dict(model_state)
-        stats = train_head(head, feats[labelled], labels, cfg.train, g, md.device)
+        stats = train_head(head, feats[labelled], labels, cfg.train, g, md.device, on_epoch=md.on_epoch)
         return FrozenTrained(md, head, stats)
     in_ch = int(md.pool_images.shape[1])
     model = build_classifier(cfg, md.num_classes, in_ch, md.classifier_dropout)
@@ -278,6 +279,7 @@ def train_cycle(
             classifier_view=WeakView(md.mean, md.std) if cfg.ssl.views == "strong_strong" else None,
             progress=md.progress,
             desc=desc,
+            on_epoch=md.on_epoch,
         )
         return NetworkTrained(md, model, stats, method, seed_keys=(cycle,))
     view = {"weak": WeakView, "strong": StrongView, "none": TestView}[cfg.train.augment](md.mean, md.std)
@@ -302,9 +304,12 @@ def train_cycle(
             loss_weight=float(lp["weight"]),
             loss_margin=float(lp["margin"]),
             detach_fraction=float(lp["detach_fraction"]),
+            on_epoch=md.on_epoch,
         )
         return LossPredictionTrained(md, model, loss_module, stats)
-    stats = train_supervised(model, md.pool_images[labelled], labels, cfg.train, view, g, md.device, progress=md.progress, desc=desc)
+    stats = train_supervised(
+        model, md.pool_images[labelled], labels, cfg.train, view, g, md.device, progress=md.progress, desc=desc, on_epoch=md.on_epoch
+    )
     return NetworkTrained(md, model, stats)
 
 

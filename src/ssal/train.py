@@ -76,6 +76,37 @@ class TrainStats:
         return {"steps": self.steps, "epochs": self.epochs, "final_loss": self.final_loss, "seconds": self.seconds}
 
 
+EpochCallback = Callable[[int, dict[str, float]], None]
+
+
+class _EpochMeans:
+    """Per-epoch means of losses for an ``on_epoch`` callback. Does nothing
+    without a callback; with one it only adds detached values, so training is
+    unchanged (one device sync per epoch, when reporting)."""
+
+    def __init__(self, on_epoch: EpochCallback | None) -> None:
+        self.on_epoch = on_epoch
+        self.sums: dict[str, torch.Tensor] = {}
+        self.counts: dict[str, int] = {}
+
+    def add(self, name: str, value: torch.Tensor) -> None:
+        if self.on_epoch is None:
+            return
+        v = value.detach().float()
+        self.sums[name] = self.sums[name] + v if name in self.sums else v
+        self.counts[name] = self.counts.get(name, 0) + 1
+
+    def report(self, epoch: int, lr: float | None) -> None:
+        """Call the callback with this epoch's means, then start a new epoch."""
+        if self.on_epoch is None:
+            return
+        scalars = {k: float(self.sums[k]) / self.counts[k] for k in self.sums}
+        if lr is not None:
+            scalars["lr"] = float(lr)
+        self.on_epoch(epoch, scalars)
+        self.sums, self.counts = {}, {}
+
+
 class _Stepper:
     """SGD with momentum, the per-step LR schedule, and AMP loss scaling: one
     optimizer step of any training mode."""
@@ -168,6 +199,7 @@ def train_supervised(
     loss_weight: float = 1.0,
     loss_margin: float = 1.0,
     detach_fraction: float = 0.6,
+    on_epoch: EpochCallback | None = None,
 ) -> TrainStats:
     """Train ``model`` on labelled ``images`` (uint8, N x C x H x W) and ``labels``.
 
@@ -181,6 +213,9 @@ def train_supervised(
     the module's parameters in the same SGD optimizer and schedule, and from step
     :func:`detach_step` on the module's inputs are detached from the backbone.
     Without it the loop is plain cross-entropy training.
+
+    ``on_epoch(epoch, {"loss": mean loss of the epoch's steps, "lr": last lr})``
+    is called after each epoch when given (TensorBoard logging); it changes no result.
     """
     start = time.perf_counter()
     n = int(images.shape[0])
@@ -202,8 +237,9 @@ def train_supervised(
     step = 0
     loss_val = float("nan")
     bar = _bar(total, desc, progress)
-    for _ in range(epochs):
+    for epoch in range(epochs):
         perm = torch.randperm(n, generator=generator).to(device)
+        epoch_loss = _EpochMeans(on_epoch)
         for b in range(min(spe, total - step)):
             idx = perm[b * bs : (b + 1) * bs]
             x = view(images[idx], generator).contiguous(memory_format=_memory_format(cfg))
@@ -216,11 +252,13 @@ def train_supervised(
                     )
                     loss = ce + loss_weight * rank
             stepper.step(step, loss)
+            epoch_loss.add("loss", loss)
             step += 1
             if step % 10 == 0 or step == total:
                 loss_val = float(loss.detach())
                 bar.set_postfix(loss=f"{loss_val:.3f}", refresh=False)
             bar.update(1)
+        epoch_loss.report(epoch, stepper.lrs[step - 1] if step else None)
     bar.close()
     return TrainStats(steps=step, epochs=epochs, final_loss=loss_val, seconds=time.perf_counter() - start)
 
@@ -266,6 +304,7 @@ def train_joint(
     classifier_view: View | None = None,
     progress: bool = True,
     desc: str = "train",
+    on_epoch: EpochCallback | None = None,
 ) -> TrainStats:
     """MoBYv2AL joint training (Caramalau et al., BMVC 2022, Sec. 3, Eq. 3-4).
 
@@ -284,6 +323,10 @@ def train_joint(
     ``low_loss_fraction`` < 1 is the paper's remedy for distribution shift: each
     epoch scores ``len(images) / low_loss_fraction`` random unlabelled images by
     their SSL loss (no state change) and trains on the ``len(images)`` lowest.
+
+    ``on_epoch(epoch, scalars)`` is called after each epoch when given, with the
+    mean ``loss``, ``ssl_loss`` (unweighted) and ``ce_loss`` (labelled batches)
+    of the epoch's steps and the last ``lr``; it changes no result.
     """
     if method.encoder is not getattr(model, "backbone", None):
         raise ValueError("joint training needs the SSL method built on the classifier's backbone")
@@ -306,6 +349,7 @@ def train_joint(
     step = 0
     loss_val = float("nan")
     bar = _bar(total, desc, progress)
+    means = _EpochMeans(on_epoch)
 
     def ssl_views(x: torch.Tensor) -> list[torch.Tensor]:
         return [v(x, generator).contiguous(memory_format=fmt) for v in views[: max(method.num_views, 1)]]
@@ -321,14 +365,18 @@ def train_joint(
                     feats = out.features
                 else:
                     feats = model.features((classifier_view or views[0])(x, generator).contiguous(memory_format=fmt))
-                loss = loss + F.cross_entropy(model.head(feats), y, label_smoothing=cfg.label_smoothing)
+                ce = F.cross_entropy(model.head(model.dropout(feats)), y, label_smoothing=cfg.label_smoothing)  # dropout: Identity unless a strategy asked for it
+                loss = loss + ce
+                means.add("ce_loss", ce)
         stepper.step(step, loss)
+        means.add("loss", loss)
+        means.add("ssl_loss", out.loss)
         method.after_step(step, total)
         step += 1
         bar.update(1)
         return loss
 
-    for _ in range(epochs):
+    for epoch in range(epochs):
         perm = torch.randperm(n, generator=generator).to(device)
         upos = torch.empty(0, dtype=torch.long)
         if n_u:
@@ -351,6 +399,7 @@ def train_joint(
             if b % 5 == 0:
                 loss_val = float(loss.detach())
                 bar.set_postfix(loss=f"{loss_val:.3f}", refresh=False)
+        means.report(epoch, stepper.lrs[step - 1] if step else None)
     loss_val = float(loss.detach())
     bar.close()
     return TrainStats(steps=step, epochs=epochs, final_loss=loss_val, seconds=time.perf_counter() - start)
@@ -363,10 +412,12 @@ def train_head(
     cfg: TrainConfig,
     generator: torch.Generator,
     device: torch.device,
+    on_epoch: EpochCallback | None = None,
 ) -> TrainStats:
     """Frozen mode: train only a linear or MLP head on cached backbone features
     (the linear-evaluation protocol of SimCLR / BYOL, here once per AL cycle).
-    Same optimizer, schedule and epochs as the other modes; no augmentation."""
+    Same optimizer, schedule and epochs as the other modes; no augmentation.
+    ``on_epoch`` as in :func:`train_supervised`."""
     start = time.perf_counter()
     n = int(features.shape[0])
     bs = min(cfg.batch_size, n)
@@ -378,13 +429,16 @@ def train_head(
     stepper = _Stepper(head.parameters(), cfg, lr_schedule(cfg, spe, total), device)
     step = 0
     loss = torch.tensor(float("nan"))
-    for _ in range(epochs):
+    for epoch in range(epochs):
         perm = torch.randperm(n, generator=generator).to(device)
+        epoch_loss = _EpochMeans(on_epoch)
         for b in range(min(spe, total - step)):
             idx = perm[b * bs : (b + 1) * bs]
             loss = F.cross_entropy(head(features[idx]), labels[idx], label_smoothing=cfg.label_smoothing)
             stepper.step(step, loss)
+            epoch_loss.add("loss", loss)
             step += 1
+        epoch_loss.report(epoch, stepper.lrs[step - 1] if step else None)
     return TrainStats(steps=step, epochs=epochs, final_loss=float(loss.detach()), seconds=time.perf_counter() - start)
 
 

@@ -1,0 +1,269 @@
+"""`ssal bench`: grid files, skipping and resuming runs, worker processes, the
+summary tables, and one-line errors for bad grid files."""
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import yaml
+
+import ssal.loop as loop
+from ssal.bench import load_grid, run_status, summarise, summary_markdown
+from ssal.cli import main
+from ssal.config import resolve_config
+from ssal.errors import SsalError
+from ssal.loop import run_experiment
+
+TINY = ["initial=40", "budget=30", "cycles=2", "train.epochs=1", "train.min_steps=0", "train.batch_size=32", "model_width=8", "plot=false"]
+T_975_2 = 0.95 / math.sqrt(2 * 0.975 * 0.025)  # t_{0.975, 2} = 4.30265272975
+
+
+def write_grid(tmp_path: Path, name: str = "g", **doc) -> Path:
+    doc.setdefault("set", [*TINY, "threads=1"])
+    doc.setdefault("out", str(tmp_path / "out"))
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return path
+
+
+def strip_times(records):
+    return [{k: v for k, v in r.items() if not k.startswith("seconds")} for r in records]
+
+
+def records_of(folder: Path) -> list[dict]:
+    return [json.loads(x) for x in (folder / "results.jsonl").read_text().splitlines()]
+
+
+def test_grid_runs_summarises_and_skips_finished_runs(tmp_path, capsys, monkeypatch):
+    grid = write_grid(tmp_path, grid={"strategy": ["random", "entropy"], "seed": [0, 1]})
+    out = tmp_path / "out"
+    assert main(["bench", str(grid)]) == 0
+    names = {"sample-supervised-random-seed0", "sample-supervised-random-seed1", "sample-supervised-entropy-seed0", "sample-supervised-entropy-seed1"}
+    for n in names:
+        assert run_status(next(r for r in load_grid(grid).runs if r.name == n)).state == "done"
+        assert len(records_of(out / n)) == 2
+    assert {p.name for p in out.iterdir() if p.is_dir()} == names
+    for f in ("grid.yaml", "summary.md", "summary.json", "curves.png"):
+        assert (out / f).is_file(), f
+    written = yaml.safe_load((out / "grid.yaml").read_text())
+    assert len(written["runs"]) == 4 and written["grid"]["seed"] == [0, 1]
+
+    summary = json.loads((out / "summary.json").read_text())
+    groups = {g["group"]: g for g in summary["groups"]}
+    assert set(groups) == {"sample-supervised-random", "sample-supervised-entropy"}
+    assert summary["runs_finished"] == 4
+    for label, g in groups.items():
+        assert g["seeds"] == [0, 1] and g["seeds_finished"] == [0, 1]
+        assert [c["n"] for c in g["cycles"]] == [2, 2] and g["labelled"] == [40, 70]
+        accs = [[100 * r["test_acc"] for r in records_of(out / f"{label}-seed{s}")] for s in (0, 1)]
+        assert g["cycles"][1]["mean"] == pytest.approx((accs[0][1] + accs[1][1]) / 2)
+        assert g["aubc"]["mean"] == pytest.approx(sum((a[0] + a[1]) / 2 for a in accs) / 2)
+    vs = groups["sample-supervised-entropy"]["vs_baseline"]
+    assert vs["baseline"] == "sample-supervised-random"
+    assert vs["cycles"][0]["mean_diff"] == 0.0 and not vs["cycles"][0]["resolved"]  # same seeds: same initial sets
+    assert groups["sample-supervised-random"]["vs_baseline"] is None
+    md = (out / "summary.md").read_text()
+    assert "| sample-supervised-entropy |" in md and "| sample-supervised-random |" in md
+
+    # a second invocation runs nothing
+    calls = []
+    monkeypatch.setattr(loop, "run_experiment", lambda *a, **k: calls.append(a))
+    capsys.readouterr()
+    assert main(["bench", str(grid)]) == 0
+    assert calls == [] and "[skip] 4 finished run(s)" in capsys.readouterr().out
+    assert main(["bench", str(grid), "--dry-run"]) == 0
+    assert capsys.readouterr().out.count("done 2/2") == 4
+    assert main(["bench", str(grid), "--summary-only", "--target", "5"]) == 0
+    assert json.loads((out / "summary.json").read_text())["target"] == 5.0
+
+    # the same out with another config: refused up front, naming the run and the key
+    changed = write_grid(tmp_path, "changed", grid={"strategy": ["random", "entropy"], "seed": [0, 1]}, set=[*TINY, "threads=1", "train.epochs=2"])
+    with pytest.raises(SsalError, match=r"changed\.yaml: run sample-supervised-random-seed0: .*train\.epochs"):
+        load_grid(changed)
+
+
+def test_interrupted_run_resumes_to_the_uninterrupted_result(tmp_path, capsys, monkeypatch):
+    tiny3 = [o for o in TINY if not o.startswith("cycles=")] + ["cycles=3"]
+    grid = write_grid(tmp_path, set=tiny3, grid={"strategy": ["entropy"], "seed": [1]})
+    run = tmp_path / "out" / "sample-supervised-entropy-seed1"
+
+    real_train = loop.train_cycle
+    calls = {"n": 0}
+
+    def dying_train(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:  # the worker dies in the middle of cycle 1
+            raise RuntimeError("worker died")
+        return real_train(*args, **kwargs)
+
+    monkeypatch.setattr(loop, "train_cycle", dying_train)
+    assert main(["bench", str(grid)]) == 1
+    assert "1 run(s) failed" in capsys.readouterr().err
+    assert len(records_of(run)) == 1
+    g = load_grid(grid)
+    assert run_status(g.runs[0]).state == "partial" and run_status(g.runs[0]).cycles_done == 1
+    # a partial run keeps its saved thread count whatever the number of workers
+    assert int(load_grid(grid, workers=2).runs[0].cfg.threads) == 0
+
+    monkeypatch.setattr(loop, "train_cycle", real_train)
+    assert main(["bench", str(grid)]) == 0
+    assert "resuming at cycle 1" in capsys.readouterr().out
+    resumed = records_of(run)
+    assert len(resumed) == 3
+
+    cfg = resolve_config(None, [*tiny3, "strategy=entropy", "seed=1", f"out={tmp_path / 'straight'}"])
+    straight = run_experiment(cfg, progress=False, log=lambda s: None)
+    assert strip_times(resumed) == strip_times(straight)
+    order = lambda d: json.loads((d / "state.json").read_text())["pool"]["order"]  # noqa: E731
+    assert order(run) == order(tmp_path / "straight")
+
+
+def test_two_workers_run_two_runs(tmp_path, capsys):
+    grid = write_grid(tmp_path, set=[*TINY, "threads=1"], grid={"strategy": ["random"], "seed": [0, 1]})
+    assert main(["bench", str(grid), "--workers", "2"]) == 0
+    out = tmp_path / "out"
+    for s in (0, 1):
+        assert len(records_of(out / f"sample-supervised-random-seed{s}")) == 2
+    assert json.loads((out / "summary.json").read_text())["runs_finished"] == 2
+    # a worker process gives what this process gives
+    cfg = resolve_config(None, [*TINY, "threads=1", "strategy=random", "seed=0", f"out={tmp_path / 'here'}"])
+    here = run_experiment(cfg, progress=False, log=lambda s: None)
+    assert strip_times(records_of(out / "sample-supervised-random-seed0")) == strip_times(here)
+
+
+def test_workers_set_threads_unless_the_grid_does(tmp_path):
+    import os
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    free = write_grid(tmp_path, "free", set=TINY, grid={"seed": [0]})
+    assert int(load_grid(free, workers=2).runs[0].cfg.threads) == max(1, cores // 2)
+    assert int(load_grid(free, workers=1).runs[0].cfg.threads) == 0
+    pinned = write_grid(tmp_path, "pinned", set=[*TINY, "threads=3"], grid={"seed": [0]})
+    assert int(load_grid(pinned, workers=2).runs[0].cfg.threads) == 3
+
+
+def test_variants_and_run_name_template(tmp_path):
+    grid = write_grid(
+        tmp_path,
+        grid={"seed": [0, 1], "train.epochs": [1, 2]},
+        variants={"random": ["strategy=random"], "isal-ll": ["strategy=isal", "strategy_options.mode=last_layer"]},
+    )
+    runs = load_grid(grid).runs
+    assert len(runs) == 8
+    assert runs[0].name == "sample-supervised-random-random-epochs1-seed0"  # seed outermost
+    assert {r.group for r in runs} == {f"sample-supervised-{s}-{v}-epochs{e}" for s, v in (("random", "random"), ("isal", "isal-ll")) for e in (1, 2)}
+    templ = write_grid(tmp_path, "templ", grid={"seed": [0]}, variants={"a": ["strategy=random"], "b": ["strategy=coreset"]}, run_name="{variant}-seed{seed}")
+    assert [(r.name, r.group) for r in load_grid(templ).runs] == [("a-seed0", "a"), ("b-seed0", "b")]
+
+
+def fake_run(folder: Path, accs: list[float], n_labelled=(40, 70)) -> None:
+    folder.mkdir(parents=True)
+    recs = [
+        {"cycle": c, "n_labelled": n, "test_acc": a, "seconds_train": 1.0, "seconds_eval": 0.5, "seconds_select": 0.25}
+        for c, (n, a) in enumerate(zip(n_labelled, accs))
+    ]
+    (folder / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+
+
+def test_summary_statistics_on_hand_made_results(tmp_path):
+    grid_file = write_grid(tmp_path, grid={"strategy": ["random", "entropy", "coreset"], "seed": [0, 1, 2]}, run_name="{strategy}-seed{seed}")
+    curves = {
+        "random": [[0.50, 0.60], [0.52, 0.62], [0.54, 0.64]],
+        "entropy": [[0.50, 0.63], [0.52, 0.66], [0.54, 0.66]],
+        "coreset": [[0.50, 0.57], [0.52, 0.63], [0.54, 0.63]],
+    }
+    for s, seeds in curves.items():
+        for k, accs in enumerate(seeds):
+            fake_run(tmp_path / "out" / f"{s}-seed{k}", accs)
+    grid = load_grid(grid_file)
+    summary = summarise(grid)
+    g = {x["group"]: x for x in summary["groups"]}
+
+    r = g["random"]
+    assert r["cycles"][1]["mean"] == pytest.approx(62.0)
+    assert r["cycles"][1]["std"] == pytest.approx(2.0)
+    assert r["cycles"][1]["ci95"] == pytest.approx(T_975_2 * 2 / math.sqrt(3))
+    # AUBC of two points = their mean: 55, 57, 59
+    assert r["aubc"]["mean"] == pytest.approx(57.0) and r["aubc"]["std"] == pytest.approx(2.0)
+    assert r["seconds_per_run"] == {"train": 2.0, "eval": 1.0, "select": 0.5}
+    assert r["target"]["acc"] == pytest.approx(62.0) and r["target"]["labels"] == pytest.approx(70.0)
+
+    e = g["entropy"]
+    # mean curve 52, 65 reaches random's final 62 at 40 + 30 * 10 / 13 labels
+    assert e["target"]["labels"] == pytest.approx(40 + 300 / 13)
+    assert e["target"]["saving"] == pytest.approx(1 - (40 + 300 / 13) / 70)
+    c1 = e["vs_baseline"]["cycles"][1]  # diffs 3, 4, 2: mean 3, sd 1
+    assert c1["mean_diff"] == pytest.approx(3.0) and c1["ci95"] == pytest.approx(T_975_2 / math.sqrt(3)) and c1["resolved"]
+    au = e["vs_baseline"]["aubc"]  # AUBC diffs 1.5, 2, 1: mean 1.5, sd 0.5
+    assert au["mean_diff"] == pytest.approx(1.5) and au["ci95"] == pytest.approx(T_975_2 * 0.5 / math.sqrt(3)) and au["resolved"]
+
+    c = g["coreset"]
+    c1 = c["vs_baseline"]["cycles"][1]  # diffs -3, 1, -1: mean -1, sd 2
+    assert c1["mean_diff"] == pytest.approx(-1.0) and c1["ci95"] == pytest.approx(T_975_2 * 2 / math.sqrt(3)) and not c1["resolved"]
+    assert c["target"]["labels"] is None  # ends at 61% < 62%
+
+    md = summary_markdown(summary)
+    rows = {line.split("|")[1].strip(): line for line in md.splitlines() if line.startswith("| ")}
+    assert "62.00 +- 2.00 (4.97)" in rows["random"]
+    diff_rows = [line for line in md.splitlines() if line.startswith("| coreset | random |") or line.startswith("| entropy | random |")]
+    assert len(diff_rows) == 2
+    assert diff_rows[0].startswith("| entropy") and diff_rows[0].endswith("| better than random |")
+    assert "-1.00 +- 4.97 n.r." in diff_rows[1] and diff_rows[1].endswith("| not resolved by the seeds |")
+
+    # --target, and a partial run: its cycles count, its AUBC does not
+    assert summarise(grid, target=60.0)["groups"][0]["target"]["labels"] == pytest.approx(40 + 30 * 8 / 10)
+    (tmp_path / "out" / "coreset-seed2" / "results.jsonl").write_text(json.dumps({"n_labelled": 40, "test_acc": 0.54, "seconds_train": 1.0, "seconds_eval": 0.5, "seconds_select": 0.25}) + "\n")
+    c = {x["group"]: x for x in summarise(grid)["groups"]}["coreset"]
+    assert c["seeds_finished"] == [0, 1] and [x["n"] for x in c["cycles"]] == [3, 2] and c["aubc"]["n"] == 2
+    assert c["vs_baseline"]["aubc"]["seeds"] == [0, 1]
+
+
+@pytest.mark.parametrize(
+    "doc, needle",
+    [
+        ({"grid": {"seed": [0]}, "sedd": 1}, "unknown top-level key 'sedd'"),
+        ({"grid": {"strategy": "random"}}, "grid.strategy: expected a list"),
+        ({"grid": {"strategegy": ["random"]}}, "grid.strategegy: unknown config key 'strategegy'"),
+        ({"grid": {"strategy": ["random", "nope"]}}, "grid.strategy: unknown strategy 'nope'"),
+        ({"grid": {"budget": [30, -3]}}, "grid.budget: invalid value budget=-3"),
+        ({"grid": {"seed": []}}, "grid.seed: empty list"),
+        ({"grid": {"out": ["x"]}}, "grid.out"),
+        ({"set": ["train.epoch=3"]}, "set: unknown config key 'train.epoch'"),
+        ({"set": "budget=3"}, "set: expected a list"),
+        ({"preset": "no-such-preset"}, "preset: unknown preset 'no-such-preset'"),
+        ({"variants": {"ll": ["strategy_options.mode=last_layer", "bogus=1"]}}, "variants.ll: unknown config key 'bogus'"),
+        ({"grid": {"seed": [0, 1]}, "run_name": "{strategy}"}, "run_name: two runs get the folder name 'random'"),
+        ({"run_name": "{stratgy}-{seed}"}, "run_name: unknown field '{stratgy}'"),
+        ({"grid": {"strategy": ["learning_loss"], "train.mode": ["joint"]}}, "run (strategy=learning_loss, train.mode=joint)"),
+    ],
+)
+def test_bad_grid_one_line_error_naming_file_and_field(tmp_path, capsys, doc, needle):
+    doc = {"set": [*TINY, "strategy=random"], **doc}
+    path = write_grid(tmp_path, "bad", **doc)
+    assert main(["bench", str(path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"ssal: error: {path}: ") and needle in err[0], err
+    assert not (tmp_path / "out").exists()
+
+
+def test_bad_yaml_and_missing_file(tmp_path, capsys):
+    path = tmp_path / "broken.yaml"
+    path.write_text("grid:\n  seed: [0, 1\n")
+    assert main(["bench", str(path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"{path}: not valid YAML" in err[0] and "line" in err[0]
+    assert main(["bench", str(tmp_path / "nope.yaml")]) == 2
+    assert "grid file not found" in capsys.readouterr().err
+    path.write_text("- a\n- b\n")
+    assert main(["bench", str(path)]) == 2
+    assert "expected a mapping" in capsys.readouterr().err
+    assert main(["bench", str(path), "--workers", "0"]) == 2
+
+
+def test_bench_help_explains_the_schema(capsys):
+    with pytest.raises(SystemExit):
+        main(["bench", "--help"])
+    text = capsys.readouterr().out
+    for word in ("grid:", "variants:", "seed: [0, 1, 2]", "--workers", "--summary-only", "--dry-run", "summary.md", "not resolved by the seeds"):
+        assert word in text
