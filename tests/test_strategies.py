@@ -209,8 +209,14 @@ def test_registry_and_errors() -> None:
     assert all(build_strategy(n).name == n for n in STRATEGIES)
     with pytest.raises(SsalError, match=r"unknown strategy 'coregcn'; choose one of: random, entropy, margin, least_confidence, coreset, typiclust"):
         build_strategy("coregcn")
-    with pytest.raises(SsalError, match="options"):
+    with pytest.raises(SsalError, match="no option 'temperature'.*it takes: none"):
         build_strategy("random", temperature=2)
+    with pytest.raises(SsalError, match="no option 'pases'.*it takes: passes, dropout"):
+        build_strategy("bald", pases=2)
+    from ssal.strategies import describe
+
+    assert all(STRATEGIES[n].summary and describe(n).startswith(STRATEGIES[n].summary) for n in STRATEGIES)
+    assert describe("bald").endswith("[passes=20, dropout=0.3]")
 
 
 def test_context_carries_no_pool_labels() -> None:

@@ -240,9 +240,10 @@ def _list(what: str) -> None:
 
         print("\n".join(MODELS))
     elif what == "strategies":
-        from .strategies import STRATEGIES
+        from .strategies import STRATEGIES, describe
 
-        print("\n".join(STRATEGIES))
+        width = max(map(len, STRATEGIES))
+        print("\n".join(f"{name:<{width}}  {describe(name)}" for name in STRATEGIES))
     else:
         from omegaconf import OmegaConf
 

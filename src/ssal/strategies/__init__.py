@@ -5,6 +5,7 @@ Adding one is one file with a :class:`Strategy` subclass plus one line here.
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 from ..errors import SsalError
@@ -25,7 +26,7 @@ from .typiclust import TypiClustStrategy
 from .vaal import VaalStrategy
 from .ssl_loss_high import SSLLossHighStrategy
 
-__all__ = ["STRATEGIES", "SelectionContext", "Strategy", "ScoreStrategy", "build_strategy", "kcenter_greedy"]
+__all__ = ["STRATEGIES", "describe", "strategy_options", "SelectionContext", "Strategy", "ScoreStrategy", "build_strategy", "kcenter_greedy"]
 
 STRATEGIES: dict[str, type[Strategy]] = {
     "random": RandomStrategy,
@@ -45,10 +46,27 @@ STRATEGIES: dict[str, type[Strategy]] = {
 }
 
 
+def strategy_options(name: str) -> dict[str, Any]:
+    """The options of strategy ``name`` (``strategy_options.*``) with their defaults."""
+    params = inspect.signature(STRATEGIES[name].__init__).parameters
+    return {k: p.default for k, p in params.items() if k != "self" and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+
+
+def describe(name: str) -> str:
+    """One line about strategy ``name``: its summary and its options with defaults."""
+    opts = ", ".join(f"{k}={v}" for k, v in strategy_options(name).items() if k != "progress")
+    return STRATEGIES[name].summary + (f"  [{opts}]" if opts else "")
+
+
 def build_strategy(name: str, **kwargs: Any) -> Strategy:
-    """The strategy registered as ``name``; unknown names raise SsalError."""
+    """The strategy registered as ``name``; unknown names and options raise SsalError."""
     if name not in STRATEGIES:
         raise SsalError(f"unknown strategy {name!r}; choose one of: {', '.join(STRATEGIES)}")
+    known = strategy_options(name)
+    unknown = sorted(set(kwargs) - set(known))
+    if unknown:
+        takes = ", ".join(known) or "none"
+        raise SsalError(f"bad options for strategy {name!r}: no option {unknown[0]!r} (strategy_options.{unknown[0]}); it takes: {takes}")
     try:
         return STRATEGIES[name](**kwargs)
     except TypeError as err:

@@ -131,6 +131,7 @@ class BadgeStrategy(Strategy):
     module docstring). The labelled set plays no part, as in the paper."""
 
     name = "badge"
+    summary = "k-means++ on gradient embeddings: uncertain and diverse"
 
     def select(self, ctx: SelectionContext, budget: int) -> torch.Tensor:
         check_request(ctx, budget)

@@ -71,6 +71,7 @@ class BaldStrategy(Strategy):
     the classifier with dropout ``dropout`` before its head (see the module docstring)."""
 
     name = "bald"
+    summary = "highest mutual information over MC-dropout passes"
 
     def __init__(self, passes: int = 20, dropout: float = 0.3) -> None:
         if int(passes) != passes or passes < 2:

@@ -96,6 +96,7 @@ class Strategy(ABC):
     Learning Loss module alongside it (Yoo & Kweon, CVPR 2019)."""
 
     name: str
+    summary: str = ""  # one line for `ssal list strategies`
     classifier_dropout: float = 0.0
     loss_prediction: dict | None = None
 

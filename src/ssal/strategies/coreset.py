@@ -17,6 +17,7 @@ class CoresetStrategy(Strategy):
     random candidate, as in the paper's code."""
 
     name = "coreset"
+    summary = "k-center greedy on the features (CoreSet; MoBYv2AL's default)"
 
     def select(self, ctx: SelectionContext, budget: int) -> torch.Tensor:
         check_request(ctx, budget)

@@ -10,4 +10,5 @@ class EntropyStrategy(ScoreStrategy):
     """Pick the candidates whose predicted class distribution has the highest entropy."""
 
     name = "entropy"
+    summary = "highest entropy of the predicted class distribution"
     score = staticmethod(entropy)

@@ -33,6 +33,7 @@ class ISALStrategy(Strategy):
     the faster on a CPU, see BENCHMARKS.md)."""
 
     name = "isal"
+    summary = "most negative influence on the validation loss (ISAL; faithful or last_layer)"
     needs_reference = True  # the loop refuses val_size=0 before training
 
     def __init__(

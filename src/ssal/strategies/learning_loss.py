@@ -26,6 +26,7 @@ class LearningLossStrategy(Strategy):
     """Top-``budget`` candidates by the loss the cycle's Learning Loss module predicts."""
 
     name = "learning_loss"
+    summary = "highest loss predicted by a Learning Loss module trained with the classifier"
 
     def __init__(self, margin: float = 1.0, weight: float = 1.0, detach_fraction: float = 0.6) -> None:
         try:

@@ -10,4 +10,5 @@ class LeastConfidenceStrategy(ScoreStrategy):
     """Pick the candidates whose most probable class is least probable."""
 
     name = "least_confidence"
+    summary = "lowest probability of the predicted class"
     score = staticmethod(least_confidence)

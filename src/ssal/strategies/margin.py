@@ -10,4 +10,5 @@ class MarginStrategy(ScoreStrategy):
     """Pick the candidates whose two most probable classes are closest."""
 
     name = "margin"
+    summary = "smallest gap between the two most probable classes"
     score = staticmethod(margin)

@@ -185,6 +185,7 @@ class ProbCoverStrategy(Strategy):
     """ProbCover greedy coverage on the features of ``ctx.embed``; see the module docstring."""
 
     name = "probcover"
+    summary = "greedy coverage of delta-balls on the features (cold start)"
 
     def __init__(self, delta: float | str = 0.75, auto_clusters: int = 10, alpha: float = 0.95) -> None:
         if not (delta == "auto" or (isinstance(delta, (int, float)) and not isinstance(delta, bool) and delta > 0)):

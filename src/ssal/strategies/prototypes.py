@@ -84,6 +84,7 @@ class PrototypeStrategy(Strategy):
     ``ctx.embed``; see the module docstring."""
 
     name = "prototypes"
+    summary = "representatives of spherical k-means prototypes that hold no label (PCL-style)"
 
     def __init__(self, num_prototypes: int | None = None, max_prototypes: int = 500, niter: int = 20) -> None:
         if (num_prototypes is not None and num_prototypes < 1) or max_prototypes < 1 or niter < 1:

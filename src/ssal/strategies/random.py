@@ -15,6 +15,7 @@ class RandomStrategy(Strategy):
     """``budget`` distinct candidates, uniformly at random from ``ctx.generator``."""
 
     name = "random"
+    summary = "uniformly random candidates (without replacement)"
 
     def select(self, ctx: SelectionContext, budget: int) -> torch.Tensor:
         check_request(ctx, budget)

@@ -68,6 +68,7 @@ class TypiClustStrategy(Strategy):
     """TypiClust (TPC_RP) on the features of ``ctx.embed``; see the module docstring."""
 
     name = "typiclust"
+    summary = "the most typical image of each uncovered k-means cluster (cold start)"
 
     def __init__(self, max_clusters: int = 500, min_cluster_size: int = 5, knn: int = 20, niter: int = 20) -> None:
         if max_clusters < 1 or min_cluster_size < 0 or knn < 1 or niter < 1:

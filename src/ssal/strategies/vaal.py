@@ -123,6 +123,7 @@ class VaalStrategy(Strategy):
     likely labelled (see the module docstring). Needs ``ctx.network`` for the images."""
 
     name = "vaal"
+    summary = "least likely labelled for a VAE + discriminator trained on L vs U"
 
     def __init__(
         self,
