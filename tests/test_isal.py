@@ -281,3 +281,9 @@ def test_bad_isal_options_give_one_line_errors():
         build_strategy("isal", gradients="loop")
     with pytest.raises(SsalError, match="bad options"):
         build_strategy("isal", depht=3)
+
+
+def test_a_diverging_lissa_is_a_one_line_error():
+    ctx = linear_context()
+    with pytest.raises(SsalError, match="strategy_options.scale"):
+        build_strategy("isal", depth=400, repeats=1, damping=0.0, scale=1e-3, progress=False).select(ctx, 3)

@@ -112,7 +112,10 @@ class ISALStrategy(Strategy):
             n = int(ctx.candidates.numel())
             chunk = inf.auto_chunk(int(v.numel())) if self.gradients == "vmap" else net.batch_size
             bar = tqdm(total=self.depth + n, desc="isal", unit="step", disable=None if self.progress else True, leave=False)
-            s_test = inf.lissa(hvp_fn, v, len(lab_y), self.depth, self.repeats, self.damping, self.scale, ctx.generator, bar.update)
+            try:
+                s_test = inf.lissa(hvp_fn, v, len(lab_y), self.depth, self.repeats, self.damping, self.scale, ctx.generator, bar.update)
+            except FloatingPointError as err:
+                raise SsalError(f"isal: {err} (strategy_options.scale, now {self.scale:g})") from None
             out = []
             for s in range(0, n, chunk):
                 x = net.prepare(net.pool_images(ctx.candidates[s : s + chunk]).to(dev))
