@@ -52,3 +52,17 @@ def test_resume_accepts_configs_saved_before_a_key_existed():
     assert _config_diff(saved, {"a": 1, "strategy_options": {"k": 2}, "train": {"x": 1, "new": 5}}, defaults) == ["strategy_options"]
     assert _config_diff(saved, {"a": 1, "strategy_options": {}, "train": {"x": 1, "new": 6}}, defaults) == ["train.new"]
     assert _config_diff(saved, {"a": 2, "strategy_options": {}, "train": {"x": 1, "new": 5}}, defaults) == ["a"]
+
+
+def test_network_strategies_refuse_frozen_mode_before_any_work(tmp_path, monkeypatch):
+    import pytest
+
+    import ssal.loop as loop
+    from ssal.errors import SsalError
+
+    monkeypatch.setattr(loop, "setup_mode", lambda *a, **k: pytest.fail("set-up (pretraining) must not start"))
+    for name in ("isal", "bald", "vaal"):
+        cfg = resolve_config(None, [*FAST, f"strategy={name}", "train.mode=frozen", f"out={tmp_path / name}"])
+        with pytest.raises(SsalError, match="not frozen"):
+            run_experiment(cfg, progress=False, log=lambda s: None)
+        assert not (tmp_path / name).exists()

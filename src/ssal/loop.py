@@ -130,6 +130,8 @@ class Experiment:
         strategy = build_strategy(cfg.strategy, **dict(cfg.strategy_options))
         initial_strategy = None if cfg.initial_strategy == "random" else build_strategy(cfg.initial_strategy)
         check_loss_prediction_mode(cfg.train.mode, strategy.loss_prediction)  # before any training
+        if strategy.needs_network and cfg.train.mode == "frozen":
+            raise SsalError(f"strategy {cfg.strategy!r} needs the trained network: use train.mode=supervised, joint or pretrain, not frozen")
         tensorboard = bool(OmegaConf.select(cfg, "log.tensorboard", default=False))
         if tensorboard:
             from .logging_tb import require_tensorboard

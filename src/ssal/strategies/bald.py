@@ -72,6 +72,7 @@ class BaldStrategy(Strategy):
 
     name = "bald"
     summary = "highest mutual information over MC-dropout passes"
+    needs_network = True  # the loop refuses train.mode=frozen before any work
 
     def __init__(self, passes: int = 20, dropout: float = 0.3) -> None:
         if int(passes) != passes or passes < 2:

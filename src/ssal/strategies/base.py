@@ -97,6 +97,7 @@ class Strategy(ABC):
 
     name: str
     summary: str = ""  # one line for `ssal list strategies`
+    needs_network: bool = False  # reads ctx.network (the trained classifier): not in frozen mode
     classifier_dropout: float = 0.0
     loss_prediction: dict | None = None
 

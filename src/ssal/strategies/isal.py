@@ -34,6 +34,7 @@ class ISALStrategy(Strategy):
 
     name = "isal"
     summary = "most negative influence on the validation loss (ISAL; faithful or last_layer)"
+    needs_network = True  # the loop refuses train.mode=frozen before any work
     needs_reference = True  # the loop refuses val_size=0 before training
 
     def __init__(

@@ -124,6 +124,7 @@ class VaalStrategy(Strategy):
 
     name = "vaal"
     summary = "least likely labelled for a VAE + discriminator trained on L vs U"
+    needs_network = True  # the loop refuses train.mode=frozen before any work
 
     def __init__(
         self,
