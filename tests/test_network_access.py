@@ -14,6 +14,7 @@ FAST = ["initial=40", "budget=30", "cycles=2", "train.epochs=1", "train.min_step
 
 class Spy(Strategy):
     name = "spy"
+    needs_network = True
     seen: list = []
 
     def select(self, ctx, budget):
@@ -66,3 +67,19 @@ def test_network_strategies_refuse_frozen_mode_before_any_work(tmp_path, monkeyp
         with pytest.raises(SsalError, match="not frozen"):
             run_experiment(cfg, progress=False, log=lambda s: None)
         assert not (tmp_path / name).exists()
+
+
+def test_strategies_that_do_not_read_the_network_do_not_get_it(tmp_path, monkeypatch):
+    seen = []
+
+    class Plain(Strategy):
+        name = "plain"
+
+        def select(self, ctx, budget):
+            seen.append(ctx.network)
+            return ctx.candidates[:budget]
+
+    monkeypatch.setitem(strategies.STRATEGIES, "plain", Plain)
+    cfg = resolve_config(None, [*FAST, "strategy=plain", f"out={tmp_path / 'r'}"])
+    run_experiment(cfg, progress=False, log=lambda s: None)
+    assert seen == [None]

@@ -249,7 +249,8 @@ class Experiment:
                 embed=lambda idx: trained.embed("pool", idx),
                 generator=g,
                 ssl_loss=trained.ssl_loss if cfg.train.mode == "joint" else None,
-                network=trained.network_access(pool.labelled, pool.targets(pool.labelled)),
+                # built only for strategies that read it: it copies L's images and reads their labels
+                network=trained.network_access(pool.labelled, pool.targets(pool.labelled)) if strategy.needs_network else None,
                 predicted_loss=trained.predicted_loss,
             )
             picks = strategy.select(ctx, cfg.budget)

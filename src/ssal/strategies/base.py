@@ -62,8 +62,9 @@ class SelectionContext:
     ssl_loss: pool indices -> (n,) per-image self-supervised loss of the current
         model (joint mode only; None otherwise), computed without changing the
         SSL state.
-    network: the trained network and the labelled data (network training modes
-        only: supervised, joint, pretrain; None in frozen mode and at cold start).
+    network: the trained network and the labelled data, given to strategies
+        that set ``needs_network`` (network training modes only: supervised,
+        joint, pretrain; None in frozen mode and at cold start).
     predicted_loss: pool indices -> (n,) losses predicted by the Learning Loss
         module trained this cycle (None when none was trained).
     """

@@ -34,11 +34,10 @@ discriminator step (the code takes two); a fixed number of ``steps`` (default
 300, batch 64 of each of L and U) instead of the released code's
 ``100 * |pool| / batch`` iterations; and the VAE is trained apart from the task
 model, from scratch each cycle. Adam with ``lr`` = 5e-4 for both, as in the
-paper. Measured cost at the defaults, 10,000 32x32x3 candidates and 1,000
-labelled images, on a 2-core CPU shared with a benchmark, one torch thread:
-about 40 s (75 s under heavier load), of which about 1.3 s is scoring the
-candidates; with 2 torch threads on those busy cores it was about 8x slower
-(set ``threads``). On a GPU it takes seconds.
+paper. Measured cost at the defaults on 2 idle CPU cores (BENCHMARKS.md,
+selection cost): 25 s for 10,000 CIFAR-10 candidates with 5,000 labelled
+images, 27 s for 50,000; the fixed step count makes it nearly independent of
+the pool size.
 
 Deterministic for a given ``ctx.generator`` on a given device: weights are
 initialised under a forked global RNG seeded from it, batches and the
