@@ -119,7 +119,9 @@ def test_sigkill_mid_run_then_resume_equals_uninterrupted(tmp_path):
     import sys
     import time
 
-    extra = ["cycles=3", "train.epochs=4", "strategy=coreset"]
+    # the child process must use this process's thread count: CPU kernels are
+    # bit-identical only at equal thread counts, and earlier tests may change it
+    extra = ["cycles=3", "train.epochs=4", "strategy=coreset", f"threads={torch.get_num_threads()}"]
     full = run(tmp_path, "full", extra)
     out = tmp_path / "killed"
     args = [sys.executable, "-m", "ssal", "run", "-q", *FAST, *extra, f"out={out}"]
