@@ -70,6 +70,9 @@ class SSLConfig:
     warmup_epochs: float = 1.0
     crop_scale: float = 0.2  # smallest RandomResizedCrop area of the pretraining views
     image_size: int = 0  # pretraining view size in px; 0 = native (smaller is faster on a CPU)
+    multicrop: int = 0  # extra small crops per image in pretraining (SwAV's multi-crop); 0 = two views only
+    multicrop_size: int = 16  # side of the small crops in px
+    multicrop_scale: list[float] = field(default_factory=lambda: [0.05, 0.3])  # their RandomResizedCrop area range
     seed: int = 0  # pretraining seed (independent of the run seed, so the cache is shared across seeds)
     amp: bool = True
     channels_last: bool = True
@@ -227,6 +230,11 @@ def validate(cfg: DictConfig) -> None:
     need(s.lr > 0, "ssl.lr", s.lr, "must be > 0")
     need(0 < s.crop_scale <= 1, "ssl.crop_scale", s.crop_scale, "must be in (0, 1]")
     need(s.image_size == 0 or s.image_size >= 8, "ssl.image_size", s.image_size, "must be 0 (native) or >= 8")
+    need(s.multicrop >= 0, "ssl.multicrop", s.multicrop, "must be >= 0")
+    need(s.multicrop == 0 or t.mode != "joint", "ssl.multicrop", s.multicrop, "small crops are for SSL pretraining (pretrain / frozen modes, ssal pretrain), not joint training")
+    need(s.multicrop_size >= 8, "ssl.multicrop_size", s.multicrop_size, "must be >= 8")
+    sc = list(s.multicrop_scale)
+    need(len(sc) == 2 and 0 < sc[0] <= sc[1] <= 1, "ssl.multicrop_scale", sc, "must be [low, high] with 0 < low <= high <= 1")
     need(s.schedule in ("cosine", "step", "constant"), "ssl.schedule", s.schedule, "choose one of: cosine, step, constant")
     need(t.epochs >= 1, "train.epochs", t.epochs, "must be at least 1")
     need(t.min_steps >= 0, "train.min_steps", t.min_steps, "must be >= 0")

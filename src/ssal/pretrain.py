@@ -35,7 +35,8 @@ from omegaconf import DictConfig, OmegaConf
 from .augment import StrongView, TestView, WeakView
 from .data.cache import resolve_cache_dir
 from .models import build_backbone
-from .ssl import SSLMethod, build_ssl
+from .errors import SsalError
+from .ssl import SSL_METHODS, SSLMethod, build_ssl
 from .train import _bar, _memory_format, _Stepper, lr_schedule
 from .utils import atomic_torch_save, atomic_write_json, derive_seed, generator
 
@@ -55,6 +56,8 @@ def pretrain_key(fingerprint: str, model: str, model_kwargs: dict, in_channels: 
     """Cache key: image fingerprint + backbone + every SSL setting that changes the result."""
     ssl = OmegaConf.to_container(ssl_cfg) if isinstance(ssl_cfg, DictConfig) else dict(ssl_cfg)
     ssl = {k: v for k, v in ssl.items() if k not in _NOT_IN_KEY}
+    if not ssl.get("multicrop"):  # no small crops: their settings change nothing (and older caches keep their keys)
+        ssl = {k: v for k, v in ssl.items() if not k.startswith("multicrop")}
     blob = json.dumps(
         {"format": CACHE_FORMAT, "images": fingerprint, "model": model, "model_kwargs": model_kwargs, "in_channels": in_channels, "ssl": ssl},
         sort_keys=True,
@@ -70,6 +73,17 @@ def pretrain_views(ssl_cfg: DictConfig, mean, std, num_views: int) -> list:
         return [WeakView(mean, std)]
     strong = StrongView(mean, std, scale=(float(ssl_cfg.crop_scale), 1.0), out_size=size)
     return [strong] * num_views
+
+
+def local_views(ssl_cfg: DictConfig, mean, std) -> list:
+    """The ``ssl.multicrop`` small crops of multi-crop pretraining (SwAV, Caron et
+    al., NeurIPS 2020, sec. 3.2): the strong recipe at ``multicrop_scale`` of the
+    image area, resized to ``multicrop_size`` px; empty when multicrop is 0."""
+    n = int(ssl_cfg.get("multicrop", 0) or 0)
+    if not n:
+        return []
+    low, high = (float(x) for x in ssl_cfg.multicrop_scale)
+    return [StrongView(mean, std, scale=(low, high), out_size=int(ssl_cfg.multicrop_size))] * n
 
 
 def _batches(images: torch.Tensor, prepare, device, batch_size: int, fmt) -> Callable[[], Iterator[torch.Tensor]]:
@@ -98,6 +112,10 @@ def pretrain(
 
     ``stop_after_steps`` stops early after writing a checkpoint (tests of resume).
     """
+    method_cls = SSL_METHODS.get(str(ssl_cfg.method))
+    if int(ssl_cfg.get("multicrop", 0) or 0) and method_cls is not None and not method_cls.supports_multicrop:
+        takes = ", ".join(k for k, c in SSL_METHODS.items() if c.supports_multicrop)
+        raise SsalError(f"ssl.multicrop={ssl_cfg.multicrop}: {ssl_cfg.method} takes no multi-crop views (these do: {takes}); set ssl.multicrop=0")
     in_channels = int(images.shape[1])
     fp = images_fingerprint(images)
     key = pretrain_key(fp, model, model_kwargs, in_channels, ssl_cfg)
@@ -129,6 +147,7 @@ def _run(images, model, model_kwargs, ssl_cfg, mean, std, device, folder: Path, 
     method.to(device=device, memory_format=fmt)
     stepper = _Stepper(method.trainable_parameters(), ssl_cfg, lr_schedule(ssl_cfg, spe, total), device)
     views = pretrain_views(ssl_cfg, mean, std, method.num_views)
+    small = local_views(ssl_cfg, mean, std)
     meta = {
         "kind": "ssl-backbone",
         "method": str(ssl_cfg.method),
@@ -189,8 +208,9 @@ def _run(images, model, model_kwargs, ssl_cfg, mean, std, device, folder: Path, 
             idx = perm[batch * bs : (batch + 1) * bs]
             x = images_dev[idx]
             vs = [v(x, g).contiguous(memory_format=fmt) for v in views]
+            extra = {"local_views": [v(x, g).contiguous(memory_format=fmt) for v in small]} if small else {}
             with stepper.autocast():
-                out = method(vs, update=True, index=idx)
+                out = method(vs, update=True, index=idx, **extra)
             stepper.step(step, out.loss)
             method.after_step(step, total)
             losses.append(float(out.loss.detach()))

@@ -38,6 +38,7 @@ __all__ = [
     "cosine_momentum",
     "projection_head",
     "ema_update",
+    "multicrop_mean",
 ]
 
 
@@ -91,6 +92,17 @@ def projection_head(in_dim: int, hidden_dim: int, out_dim: int, kind: str = "mlp
             nn.Linear(hidden_dim, out_dim),
         )
     raise ValueError(f"unknown head kind {kind!r}; choose mlp, paper, linear or bn_mlp")
+
+
+def multicrop_mean(global_term: Tensor, local_terms: list[Tensor]) -> Tensor:
+    """Multi-crop (SwAV, Caron et al., NeurIPS 2020, sec. 3.2; EMP-SSL, Tong et al.
+    2023): the loss averaged over view pairs. ``global_term`` is the usual
+    two-view loss; each local term is one small crop's prediction scored against
+    the targets of both global views, on the same scale. With no local crop this
+    is ``global_term`` exactly."""
+    if not local_terms:
+        return global_term
+    return torch.stack([global_term, *local_terms]).mean(0)
 
 
 @torch.no_grad()
@@ -151,6 +163,9 @@ class SSLMethod(nn.Module, ABC):
 
     name: str = ""
     num_views: int = 2
+    #: forward takes ``local_views``: small extra crops matched against the two
+    #: global views only (multi-crop, :func:`multicrop_mean`)
+    supports_multicrop: bool = False
 
     def __init__(self, encoder: nn.Module, feat_dim: int) -> None:
         super().__init__()

@@ -7,10 +7,12 @@ predictor are Linear -> BN -> ReLU -> Linear, scaled down for small backbones.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .base import MomentumMixin, SSLMethod, SSLOutput, projection_head
+from .base import MomentumMixin, SSLMethod, SSLOutput, multicrop_mean, projection_head
 
 
 def byol_loss(p1: Tensor, p2: Tensor, z1: Tensor, z2: Tensor, reduction: str = "mean") -> Tensor:
@@ -21,6 +23,7 @@ def byol_loss(p1: Tensor, p2: Tensor, z1: Tensor, z2: Tensor, reduction: str = "
 
 class BYOL(MomentumMixin, SSLMethod):
     name = "byol"
+    supports_multicrop = True
 
     def __init__(
         self,
@@ -39,11 +42,16 @@ class BYOL(MomentumMixin, SSLMethod):
         self.predictor = projection_head(proj_dim, hidden_dim, proj_dim, head)
         self._init_target()
 
-    def forward(self, views: list[Tensor], update: bool = True, index: Tensor | None = None) -> SSLOutput:
+    def forward(
+        self, views: list[Tensor], update: bool = True, index: Tensor | None = None, local_views: Sequence[Tensor] = ()
+    ) -> SSLOutput:
         self._check_views(views)
         f1, f2 = self.encoder(views[0]), self.encoder(views[1])
         p1 = self.predictor(self.projector(f1))
         p2 = self.predictor(self.projector(f2))
         z1, z2 = self.target_keys(views[0]), self.target_keys(views[1])
         per = byol_loss(p1, p2, z1, z2, "none")
+        # a small crop's prediction against both global targets: byol_loss(p, p, z1, z2)
+        local = [byol_loss(p, p, z1, z2, "none") for p in (self.predictor(self.projector(self.encoder(v))) for v in local_views)]
+        per = multicrop_mean(per, local)
         return SSLOutput(per.mean(), per.detach(), f1)

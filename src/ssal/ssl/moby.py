@@ -13,10 +13,12 @@ gives the released code's bare Linear 512 -> 128 and 128 -> 128.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from torch import Tensor, nn
 import torch.nn.functional as F
 
-from .base import KeyQueue, MomentumMixin, SSLMethod, SSLOutput, projection_head
+from .base import KeyQueue, MomentumMixin, SSLMethod, SSLOutput, multicrop_mean, projection_head
 from .mocov2 import info_nce
 
 
@@ -41,6 +43,7 @@ def moby_loss(
 
 class MoBY(MomentumMixin, SSLMethod):
     name = "moby"
+    supports_multicrop = True
 
     def __init__(
         self,
@@ -64,13 +67,19 @@ class MoBY(MomentumMixin, SSLMethod):
         self.queue1 = KeyQueue(queue_size, proj_dim)
         self.queue2 = KeyQueue(queue_size, proj_dim)
 
-    def forward(self, views: list[Tensor], update: bool = True, index: Tensor | None = None) -> SSLOutput:
+    def forward(
+        self, views: list[Tensor], update: bool = True, index: Tensor | None = None, local_views: Sequence[Tensor] = ()
+    ) -> SSLOutput:
         self._check_views(views)
         f1, f2 = self.encoder(views[0]), self.encoder(views[1])
         q1 = F.normalize(self.predictor(self.projector(f1)), dim=1)
         q2 = F.normalize(self.predictor(self.projector(f2)), dim=1)
         k1, k2 = self.target_keys(views[0]), self.target_keys(views[1])
-        per = moby_loss(q1, q2, k1, k2, self.queue1.keys.clone(), self.queue2.keys.clone(), self.temperature, "none")
+        queue1, queue2 = self.queue1.keys.clone(), self.queue2.keys.clone()
+        per = moby_loss(q1, q2, k1, k2, queue1, queue2, self.temperature, "none")
+        # a small crop's query against both global keys (and their queues); no key of a small crop is queued
+        ql = [F.normalize(self.predictor(self.projector(self.encoder(v))), dim=1) for v in local_views]
+        per = multicrop_mean(per, [moby_loss(q, q, k1, k2, queue1, queue2, self.temperature, "none") for q in ql])
         if update:
             self.queue1.enqueue(k1)
             self.queue2.enqueue(k2)

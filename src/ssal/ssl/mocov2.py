@@ -8,11 +8,13 @@ MoBY and MoCo v3 do); both views' keys enter the queue.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .base import KeyQueue, MomentumMixin, SSLMethod, SSLOutput, projection_head
+from .base import KeyQueue, MomentumMixin, SSLMethod, SSLOutput, multicrop_mean, projection_head
 
 
 def info_nce(q: Tensor, k: Tensor, queue: Tensor, temperature: float = 0.2, reduction: str = "mean") -> Tensor:
@@ -30,6 +32,7 @@ def info_nce(q: Tensor, k: Tensor, queue: Tensor, temperature: float = 0.2, redu
 
 class MoCoV2(MomentumMixin, SSLMethod):
     name = "mocov2"
+    supports_multicrop = True
 
     def __init__(
         self,
@@ -63,8 +66,15 @@ class MoCoV2(MomentumMixin, SSLMethod):
         per = info_nce(q1, k2, queue, self.temperature, "none") + info_nce(q2, k1, queue, self.temperature, "none")
         return f1, q1, q2, k1, k2, per
 
-    def forward(self, views: list[Tensor], update: bool = True, index: Tensor | None = None) -> SSLOutput:
+    def forward(
+        self, views: list[Tensor], update: bool = True, index: Tensor | None = None, local_views: Sequence[Tensor] = ()
+    ) -> SSLOutput:
         f1, _, _, k1, k2, per = self._contrast(views)
+        if local_views:  # each small crop's query against both global keys; its key is not queued
+            queue = self.queue.keys.clone().detach()
+            t = self.temperature
+            ql = [F.normalize(self.projector(self.encoder(v)), dim=1) for v in local_views]
+            per = multicrop_mean(per, [info_nce(q, k2, queue, t, "none") + info_nce(q, k1, queue, t, "none") for q in ql])
         if update:
             self.queue.enqueue(torch.cat([k1, k2]))
         return SSLOutput(per.mean(), per.detach(), f1)

@@ -245,6 +245,7 @@ class PCL(MoCoV2):
     """
 
     name = "pcl"
+    supports_multicrop = False  # ProtoNCE prototypes are built from global views only
 
     def __init__(
         self,

@@ -5,11 +5,13 @@ allows 0.1-0.5)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .base import SSLMethod, SSLOutput, projection_head
+from .base import SSLMethod, SSLOutput, multicrop_mean, projection_head
 
 
 def nt_xent_loss(z1: Tensor, z2: Tensor, temperature: float = 0.5, reduction: str = "mean") -> Tensor:
@@ -26,6 +28,7 @@ def nt_xent_loss(z1: Tensor, z2: Tensor, temperature: float = 0.5, reduction: st
 
 class SimCLR(SSLMethod):
     name = "simclr"
+    supports_multicrop = True
 
     def __init__(
         self, encoder: nn.Module, feat_dim: int, proj_dim: int = 128, hidden_dim: int = 512, temperature: float = 0.5, head: str = "mlp"
@@ -34,8 +37,15 @@ class SimCLR(SSLMethod):
         self.temperature = temperature
         self.projector = projection_head(feat_dim, hidden_dim, proj_dim, head)
 
-    def forward(self, views: list[Tensor], update: bool = True, index: Tensor | None = None) -> SSLOutput:
+    def forward(
+        self, views: list[Tensor], update: bool = True, index: Tensor | None = None, local_views: Sequence[Tensor] = ()
+    ) -> SSLOutput:
         self._check_views(views)
         f1, f2 = self.encoder(views[0]), self.encoder(views[1])
-        per = nt_xent_loss(self.projector(f1), self.projector(f2), self.temperature, "none")
+        z1, z2 = self.projector(f1), self.projector(f2)
+        per = nt_xent_loss(z1, z2, self.temperature, "none")
+        # each small crop as the twin of either global view, in a batch of its own pair
+        zl = [self.projector(self.encoder(v)) for v in local_views]
+        t = self.temperature
+        per = multicrop_mean(per, [(nt_xent_loss(z, z1, t, "none") + nt_xent_loss(z, z2, t, "none")) / 2 for z in zl])
         return SSLOutput(per.mean(), per.detach(), f1)
