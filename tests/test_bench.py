@@ -267,3 +267,12 @@ def test_bench_help_explains_the_schema(capsys):
     text = capsys.readouterr().out
     for word in ("grid:", "variants:", "seed: [0, 1, 2]", "--workers", "--summary-only", "--dry-run", "summary.md", "not resolved by the seeds"):
         assert word in text
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).parent.parent / "benchmarks" / "grids").glob("*.yaml")), ids=lambda p: p.stem)
+def test_every_shipped_grid_file_loads_and_expands(path: Path) -> None:
+    """The example grids of BENCHMARKS.md stay valid as the config grows."""
+    grid = load_grid(path)
+    names = [r.name for r in grid.runs]
+    assert names and len(names) == len(set(names))
+    assert {int(r.cfg.seed) for r in grid.runs} == {0, 1, 2}
