@@ -276,3 +276,56 @@ def test_every_shipped_grid_file_loads_and_expands(path: Path) -> None:
     names = [r.name for r in grid.runs]
     assert names and len(names) == len(set(names))
     assert {int(r.cfg.seed) for r in grid.runs} == {0, 1, 2}
+
+
+def _flock_holder(path: Path) -> int | None:
+    """The pid holding a flock on ``path``, from /proc/locks (Linux)."""
+    import os
+
+    ino = os.stat(path).st_ino
+    for line in Path("/proc/locks").read_text().splitlines():
+        parts = line.split()
+        if "FLOCK" not in parts or "->" in parts:
+            continue
+        i = parts.index("FLOCK")
+        if parts[i + 4].split(":")[-1] == str(ino):
+            return int(parts[i + 3])
+    return None
+
+
+@pytest.mark.skipif(not Path("/proc/locks").exists(), reason="needs Linux /proc/locks to find the worker")
+def test_sigkilled_worker_is_reported_and_a_rerun_resumes_its_run(tmp_path, capsys):
+    """A real worker process killed with SIGKILL mid-run (no clean-up at all):
+    the bench reports it, and the next `ssal bench` resumes the run to the
+    result of an uninterrupted one."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from ssal.bench import LOCK_FILE
+
+    sets = [o for o in TINY if not o.startswith(("cycles=", "train.epochs="))] + ["cycles=3", "train.epochs=4", "threads=1"]
+    grid = write_grid(tmp_path, set=sets, grid={"strategy": ["coreset"], "seed": [0, 1]})
+    run0 = tmp_path / "out" / "sample-supervised-coreset-seed0"
+    cmd = [sys.executable, "-m", "ssal", "bench", str(grid), "--workers", "2"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    victim, deadline = None, time.time() + 180
+    while victim is None and time.time() < deadline and proc.poll() is None:
+        res = run0 / "results.jsonl"
+        if res.exists() and res.read_text().count("\n") >= 1:
+            victim = _flock_holder(run0 / LOCK_FILE)
+        time.sleep(0.02)
+    assert victim is not None and victim != proc.pid
+    os.kill(victim, signal.SIGKILL)
+    log, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 1
+    assert "[fail] sample-supervised-coreset-seed0: worker killed by signal 9" in log
+    assert 1 <= len(records_of(run0)) < 3
+
+    assert main(["bench", str(grid)]) == 0
+    assert "sample-supervised-coreset-seed0, resuming at cycle" in capsys.readouterr().out
+    cfg = resolve_config(None, [*sets, "strategy=coreset", "seed=0", f"out={tmp_path / 'straight'}"])
+    straight = run_experiment(cfg, progress=False, log=lambda s: None)
+    assert strip_times(records_of(run0)) == strip_times(straight)
