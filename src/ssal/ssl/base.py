@@ -14,6 +14,10 @@ The interface, in one place:
   methods that keep per-image state (PCL's cluster assignments).
 - ``method.after_step(step, total_steps)`` runs after each optimizer step and
   updates the momentum target (EMA) on the schedule of the method.
+- Methods with ``supports_multicrop`` also take ``local_views=[...]``: small
+  crops whose online outputs are scored against the two global views' targets
+  (multi-crop pretraining, ``ssl.multicrop``); no crop is ever a target or
+  enters a queue.
 
 No method ever receives a label: SSL code is label-free by construction.
 """
