@@ -195,11 +195,15 @@ def test_report_of_a_grid_and_its_summary(grid, tmp_path):
     (g2 / "summary.md").write_text("# Grid tiny\n\n| group | cycle 0 |\n|---|---:|\n| all | 12.34 |\n")
     summary = {"grid": "tiny", "groups": [{"group": "everything", "runs": ["entropy-seed0", "random-seed0", "random-seed1"]}]}
     (g2 / "summary.json").write_text(json.dumps(summary))
+    # records written before they had a "mode" field: the saved config fills in
+    old = g2 / "entropy-seed0"
+    (old / "results.jsonl").write_text("".join(json.dumps({k: v for k, v in r.items() if k != "mode"}) + "\n" for r in _records(old)))
     html2, md2 = write_report(g2)
     assert html2 == g2 / "report.html" and md2 == g2 / "report.md"
     doc = check_html(html2, ["plot-curves", "plot-picks", "plot-per-class"])
     t2 = html2.read_text()
     assert ["all", "12.34"] in rows(t2)  # summary.md, its table rendered
+    assert ["train mode", "supervised"] in rows(t2)
     assert "summary.json: groups" in t2 and ["everything", "entropy-seed0, random-seed0, random-seed1"] in rows(t2)  # summary.json
     assert ["everything", "3"] in [r[:2] for r in rows(t2)]  # the runs grouped as summary.json says
     assert not any(k.startswith("plot-embedding") for k in doc.figures)

@@ -353,8 +353,10 @@ def machine_table() -> Table:
 def overview_table(kind: str, root: Path, runs: list[RunInfo], groups: dict[str, list[RunInfo]]) -> Table:
     """What the report covers, in a few lines."""
 
-    def distinct(key: str) -> str:
-        vals = sorted({str(r.records[0].get(key, r.cfg(key, "-"))) for r in runs})
+    def distinct(key: str, cfg_key: str | None = None) -> str:
+        """The values of a record field over the runs; the run's config fills
+        in for records written before the field existed."""
+        vals = sorted({str(r.records[0].get(key, r.cfg(cfg_key or key, "-"))) for r in runs})
         return ", ".join(vals)
 
     total = sum(r.seconds for r in runs)
@@ -363,7 +365,7 @@ def overview_table(kind: str, root: Path, runs: list[RunInfo], groups: dict[str,
         ["kind", "single run" if kind == "run" else f"grid of {len(runs)} runs in {len(groups)} groups"],
         ["dataset", distinct("dataset")],
         ["model", distinct("model")],
-        ["train mode", distinct("mode")],
+        ["train mode", distinct("mode", "train.mode")],
         ["strategy", distinct("strategy")],
         ["cycles", ", ".join(sorted({str(len(r.records)) for r in runs}))],
         ["total compute time", f"{_duration(total)} ({total:.1f} s over {sum(len(r.records) for r in runs)} cycles)"],
