@@ -2,7 +2,10 @@
 two embeddings) + variance (hinge on the per-dimension std, target 1) +
 covariance (squared off-diagonal covariance / d), coefficients 25 / 25 / 1.
 Not in the MoBYv2AL seeds; offered because covariance-style losses learn fastest
-in the first epochs (CPU_SSL.md: 40.6% linear after 1 epoch vs BYOL's 24.9%)."""
+in the first epochs (CPU_SSL.md: 40.6% linear after 1 epoch vs BYOL's 24.9%).
+The paper trains with LARS; with ssal's plain SGD, ``ssl.lr=0.12`` (the shared
+default) diverged within the first warm-up epoch on CIFAR-10 and ``ssl.lr=0.03``
+trained well (BENCHMARKS.md, kNN at equal CPU time)."""
 
 from __future__ import annotations
 
