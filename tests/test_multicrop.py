@@ -161,3 +161,12 @@ def test_multicrop_errors_are_one_line_and_name_the_setting(tmp_path, sample) ->
             pretrain(images, "smallcnn", {"width": 8}, cfg.ssl, mean, std, torch.device("cpu"), progress=False, log=lambda s: None)
         assert "\n" not in str(err.value)
     assert not any(tmp_path.iterdir())  # refused before any folder was made
+
+
+def test_diverging_pretraining_is_a_one_line_error_naming_the_lr(tmp_path, sample, capsys) -> None:
+    from ssal.cli import main
+
+    args = ["pretrain", "-q", "ssl.method=vicreg", "ssl.lr=1e6", "ssl.epochs=1", "ssl.batch_size=32", "subset=64", "model_width=8", f"cache_dir={tmp_path}"]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert "diverged" in err and "ssl.lr (now 1000000.0)" in err and "\n" not in err and "Traceback" not in err

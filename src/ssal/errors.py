@@ -11,6 +11,12 @@ class SsalError(Exception):
     """An error caused by user input; ``str(err)`` is the one-line message."""
 
 
+class TrainingDiverged(SsalError, FloatingPointError):
+    """The loss became NaN or infinite: a setting (usually the learning rate)
+    is too aggressive. A user error with a one-line message naming the setting;
+    also a FloatingPointError for code that catches numeric failures."""
+
+
 class PoolLabelAccessError(RuntimeError):
     """Raised when code tries to read the label of an image that is still in the
     unlabelled pool. This is a programming error, never a user error."""

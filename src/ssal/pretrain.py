@@ -35,7 +35,7 @@ from omegaconf import DictConfig, OmegaConf
 from .augment import StrongView, TestView, WeakView
 from .data.cache import resolve_cache_dir
 from .models import build_backbone
-from .errors import SsalError
+from .errors import SsalError, TrainingDiverged
 from .ssl import SSL_METHODS, SSLMethod, build_ssl
 from .train import _bar, _memory_format, _Stepper, lr_schedule
 from .utils import atomic_torch_save, atomic_write_json, derive_seed, generator
@@ -215,7 +215,9 @@ def _run(images, model, model_kwargs, ssl_cfg, mean, std, device, folder: Path, 
             method.after_step(step, total)
             losses.append(float(out.loss.detach()))
             if not math.isfinite(losses[-1]):
-                raise FloatingPointError(f"ssl {ssl_cfg.method}: loss became {losses[-1]} at step {step}; lower ssl.lr")
+                raise TrainingDiverged(
+                    f"ssl {ssl_cfg.method} pretraining diverged: loss became {losses[-1]} at step {step}; lower ssl.lr (now {ssl_cfg.lr})"
+                )
             step += 1
             batch += 1
             bar.set_postfix(loss=f"{losses[-1]:.3f}", refresh=False)
