@@ -170,3 +170,10 @@ def test_diverging_pretraining_is_a_one_line_error_naming_the_lr(tmp_path, sampl
     assert main(args) == 2
     err = capsys.readouterr().err.strip()
     assert "diverged" in err and "ssl.lr (now 1000000.0)" in err and "\n" not in err and "Traceback" not in err
+
+
+def test_mocov2_queues_only_the_global_keys() -> None:
+    m = _method("mocov2")
+    glob, small = _views()
+    m(glob, update=True, local_views=small)
+    assert int(m.queue.ptr) == 2 * 6  # the keys of both global views, none of the 2 x 6 crops
