@@ -177,3 +177,18 @@ def test_mocov2_queues_only_the_global_keys() -> None:
     glob, small = _views()
     m(glob, update=True, local_views=small)
     assert int(m.queue.ptr) == 2 * 6  # the keys of both global views, none of the 2 x 6 crops
+
+
+def test_vicreg_small_crop_terms_equal_the_reference_pair_losses() -> None:
+    from ssal.ssl.vicreg import vicreg_loss
+
+    m = _method("vicreg")
+    glob, small = _views()
+    with torch.no_grad():
+        out = m(glob, update=False, local_views=small)
+        z = [m.projector(m.encoder(v)) for v in [*glob, *small]]
+        terms = [vicreg_loss(z[0], z[1])] + [(vicreg_loss(zl, z[0]) + vicreg_loss(zl, z[1])) / 2 for zl in z[2:]]
+        per = [vicreg_loss(z[0], z[1], reduction="none")]
+        per += [(vicreg_loss(zl, z[0], reduction="none") + vicreg_loss(zl, z[1], reduction="none")) / 2 for zl in z[2:]]
+    assert torch.allclose(out.loss, torch.stack(terms).mean(), rtol=1e-5)
+    assert torch.allclose(out.per_sample, torch.stack(per).mean(0), rtol=1e-5)

@@ -30,16 +30,21 @@ def _covariance(z: Tensor) -> Tensor:
     return off.pow(2).sum() / d
 
 
+def _regulariser(z: Tensor, std_coeff: float, cov_coeff: float) -> Tensor:
+    """The variance and covariance terms of one embedding (VICReg Eq. 2-4)."""
+    return std_coeff * _variance(z) + cov_coeff * _covariance(z)
+
+
 def vicreg_loss(
     z1: Tensor, z2: Tensor, sim_coeff: float = 25.0, std_coeff: float = 25.0, cov_coeff: float = 1.0, reduction: str = "mean"
 ) -> Tensor:
     """VICReg loss. ``reduction="none"`` returns the per-sample invariance term
     ``sim_coeff * mean_d (z1 - z2)^2`` (the batch-level variance and covariance
     terms have no per-sample share)."""
-    inv = F.mse_loss(z1, z2, reduction="none").mean(1)
+    inv = sim_coeff * F.mse_loss(z1, z2, reduction="none").mean(1)
     if reduction == "none":
-        return sim_coeff * inv
-    return sim_coeff * inv.mean() + std_coeff * (_variance(z1) + _variance(z2)) + cov_coeff * (_covariance(z1) + _covariance(z2))
+        return inv
+    return inv.mean() + _regulariser(z1, std_coeff, cov_coeff) + _regulariser(z2, std_coeff, cov_coeff)
 
 
 class VICReg(SSLMethod):
@@ -67,12 +72,17 @@ class VICReg(SSLMethod):
         self._check_views(views)
         f1, f2 = self.encoder(views[0]), self.encoder(views[1])
         z1, z2 = self.projector(f1), self.projector(f2)
-        zl = [self.projector(self.encoder(v)) for v in local_views]
-        c = self.coeffs
+        sim, std, cov = self.coeffs
+        embs = [z1, z2, *(self.projector(self.encoder(v)) for v in local_views)]
+        reg = [_regulariser(z, std, cov) for z in embs]  # once per embedding, however many pairs use it
+
+        def pair(i: int, j: int) -> tuple[Tensor, Tensor]:  # vicreg_loss(embs[i], embs[j]): per-sample and batch loss
+            per = vicreg_loss(embs[i], embs[j], sim, reduction="none")
+            return per, per.mean() + reg[i] + reg[j]
+
+        per, loss = pair(0, 1)
         # each small crop against both global embeddings, the mean of the two pair losses
-        loss = multicrop_mean(vicreg_loss(z1, z2, *c), [(vicreg_loss(z, z1, *c) + vicreg_loss(z, z2, *c)) / 2 for z in zl])
-        per = multicrop_mean(
-            vicreg_loss(z1, z2, *c, reduction="none"),
-            [(vicreg_loss(z, z1, *c, reduction="none") + vicreg_loss(z, z2, *c, reduction="none")) / 2 for z in zl],
-        )
+        local = [(pair(k, 0), pair(k, 1)) for k in range(2, len(embs))]
+        per = multicrop_mean(per, [(a[0] + b[0]) / 2 for a, b in local])
+        loss = multicrop_mean(loss, [(a[1] + b[1]) / 2 for a, b in local])
         return SSLOutput(loss, per.detach(), f1)
