@@ -79,7 +79,7 @@ def local_views(ssl_cfg: DictConfig, mean, std) -> list:
     """The ``ssl.multicrop`` small crops of multi-crop pretraining (SwAV, Caron et
     al., NeurIPS 2020, sec. 3.2): the strong recipe at ``multicrop_scale`` of the
     image area, resized to ``multicrop_size`` px; empty when multicrop is 0."""
-    n = int(ssl_cfg.get("multicrop", 0) or 0)
+    n = int(ssl_cfg.multicrop)
     if not n:
         return []
     low, high = (float(x) for x in ssl_cfg.multicrop_scale)
@@ -113,7 +113,7 @@ def pretrain(
     ``stop_after_steps`` stops early after writing a checkpoint (tests of resume).
     """
     method_cls = SSL_METHODS.get(str(ssl_cfg.method))
-    if int(ssl_cfg.get("multicrop", 0) or 0) and method_cls is not None and not method_cls.supports_multicrop:
+    if ssl_cfg.multicrop and method_cls is not None and not method_cls.supports_multicrop:
         takes = ", ".join(k for k, c in SSL_METHODS.items() if c.supports_multicrop)
         raise SsalError(f"ssl.multicrop={ssl_cfg.multicrop}: {ssl_cfg.method} takes no multi-crop views (these do: {takes}); set ssl.multicrop=0")
     in_channels = int(images.shape[1])
