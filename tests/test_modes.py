@@ -270,6 +270,64 @@ def test_pretrain_and_frozen_modes_share_one_cached_pretraining(tmp_path):
     assert rf[0]["train_steps"] == 30 * 2  # the head alone: 30 epochs of ceil(40 / 32) steps
 
 
+@pytest.mark.parametrize("mode", ["supervised", "joint"])
+def test_init_backbone_starts_every_cycle_from_the_saved_ssl_encoder(tmp_path, sample, monkeypatch, mode):
+    """train.init_backbone: each cycle's network (and, in joint mode, the MoBY
+    momentum encoder copied from it) starts from the saved SSL weights."""
+    from ssal.pretrain import pretrain
+
+    images = sample.images[:256]
+    mean, std = channel_stats(images)
+    ssl = resolve_config(None, PRE).ssl
+    saved, meta, folder = pretrain(images, "smallcnn", {"width": 8}, ssl, mean, std, torch.device("cpu"), str(tmp_path / "c"), progress=False, log=lambda s: None)
+    seen = []
+
+    def spy(real):
+        def wrapped(model, *args, **kwargs):
+            start = {k: v.clone() for k, v in model.backbone.state_dict().items()}
+            momentum = {k: v.clone() for k, v in args[0].target_encoder.state_dict().items()} if mode == "joint" else None
+            seen.append((start, momentum))
+            return real(model, *args, **kwargs)
+
+        return wrapped
+
+    name = "train_joint" if mode == "joint" else "train_supervised"
+    monkeypatch.setattr(modes, name, spy(getattr(modes, name)))
+    extra = JOINT if mode == "joint" else TINY
+    logs = []
+    cfg = resolve_config(None, ["initial=40", "budget=30", "cycles=2", f"out={tmp_path / 'r'}", *extra, f"train.init_backbone={folder}"])
+    records = run_experiment(cfg, progress=False, log=logs.append)
+    assert [r["n_labelled"] for r in records] == [40, 70] and len(seen) == 2
+    assert any("backbone from" in s and "byol" in s for s in logs)
+    for start, momentum in seen:  # both cycles start from the SSL weights, not from the previous cycle
+        assert all(torch.equal(start[k], saved[k]) for k in saved)
+        if momentum is not None:
+            assert all(torch.equal(momentum[k], saved[k]) for k in saved)
+    state = json.loads((tmp_path / "r" / "state.json").read_text())
+    assert state["ssl_backbone"] == str(folder.resolve())
+
+
+def test_init_backbone_errors_name_the_field(tmp_path, sample, capsys):
+    from ssal.cli import main
+    from ssal.pretrain import pretrain
+
+    images = sample.images[:256]
+    mean, std = channel_stats(images)
+    _, _, folder = pretrain(images, "smallcnn", {"width": 8}, resolve_config(None, PRE).ssl, mean, std, torch.device("cpu"), str(tmp_path / "c"), progress=False, log=lambda s: None)
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    for bad, msg in [
+        ([f"train.init_backbone={tmp_path / 'nowhere'}"], "train.init_backbone: no SSL backbone at"),
+        ([f"train.init_backbone={tmp_path / 'junk.pt'}"], "is not an SSL backbone written by `ssal pretrain`"),
+        ([f"train.init_backbone={folder}", "model_width=16"], "but this run builds smallcnn {'width': 16}"),
+        ([f"train.init_backbone={folder}", "train.mode=frozen"], "train.init_backbone"),
+    ]:
+        out = tmp_path / "x"
+        assert main(["run", "-q", f"out={out}", *TINY, *bad]) == 2
+        err = capsys.readouterr().err.strip()
+        assert msg in err and len(err.splitlines()) == 1, err
+        assert not out.exists()
+
+
 def test_cold_start_initial_set_is_chosen_by_the_strategy(tmp_path):
     a = run(tmp_path, "a", [*TINY, "initial_strategy=typiclust", "cycles=1"])
     b = run(tmp_path, "b", [*TINY, "cycles=1"])

@@ -6,7 +6,7 @@ import argparse
 import pickle
 import sys
 
-from .errors import SsalError
+from .errors import SsalError, first_line
 
 DESCRIPTION = """\
 ssal: self-supervised active learning for image classification.
@@ -266,35 +266,15 @@ def _pretrain(cfg, progress: bool) -> int:
     print(f"done: {meta['method']} pretraining of {meta['model']} on {meta['num_images']} images; backbone in {folder}/backbone.pt")
     return 0
 
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return f"{type(err).__name__}: {text.splitlines()[0]}" if text else type(err).__name__
-
-
 def _given(overrides: list[str], key: str) -> bool:
     return any(o.split("=", 1)[0].strip() == key for o in overrides)
 
 
 def _load_ssl_cache(path) -> tuple:
     """(encoder, meta) of an SSL cache folder or its backbone.pt, or SsalError."""
-    from pathlib import Path
+    from .pretrain import read_backbone
 
-    from .pretrain import load_backbone
-
-    path = Path(path)
-    file = path / "backbone.pt" if path.is_dir() else path
-    if not file.is_file():
-        if path.is_dir() and (path / "checkpoint.pt").exists():
-            raise SsalError(f"the SSL pretraining in {path} is not finished (no backbone.pt yet); rerun its `ssal pretrain` command")
-        raise SsalError(f"no SSL backbone at {file}")
-    try:
-        encoder, meta = load_backbone(file)
-    except SsalError:
-        raise
-    except pickle.UnpicklingError:
-        raise SsalError(f"{file} is not an SSL backbone written by `ssal pretrain` (not a PyTorch checkpoint file)") from None
-    except Exception as err:  # not {"backbone": ..., "meta": ...}, or weights that do not fit meta
-        raise SsalError(f"{file} is not an SSL backbone written by `ssal pretrain` ({_first_line(err)})") from None
+    encoder, meta, _ = read_backbone(path)
     return encoder, meta
 
 
@@ -312,7 +292,7 @@ def _run_encoder(folder, cfg, in_channels: int) -> tuple:
     try:
         state = json.loads(state_file.read_text()) if state_file.is_file() else {}
     except (OSError, ValueError) as err:
-        raise SsalError(f"{state_file} is unreadable ({_first_line(err)})") from None
+        raise SsalError(f"{state_file} is unreadable ({first_line(err)})") from None
     ssl_folder = state.get("ssl_backbone")
     if cfg.train.mode == "frozen":
         if not ssl_folder:
@@ -328,7 +308,7 @@ def _run_encoder(folder, cfg, in_channels: int) -> tuple:
     except pickle.UnpicklingError:
         raise SsalError(f"{model_file} is not a PyTorch checkpoint file") from None
     except Exception as err:
-        raise SsalError(f"{model_file} is unreadable ({_first_line(err)})") from None
+        raise SsalError(f"{model_file} is unreadable ({first_line(err)})") from None
     if not isinstance(state_dict, dict) or "head.weight" not in state_dict:  # a frozen run's model.pt is the head alone
         raise SsalError(f"{model_file} is not a classifier state_dict (no head.weight)")
     model = build_classifier(cfg, int(state_dict["head.weight"].shape[0]), in_channels)
@@ -337,7 +317,7 @@ def _run_encoder(folder, cfg, in_channels: int) -> tuple:
     except RuntimeError as err:
         raise SsalError(
             f"{model_file} does not fit model={cfg.model} model_width={cfg.model_width} with {in_channels} input channels "
-            f"({_first_line(err)})"
+            f"({first_line(err)})"
         ) from None
     meta = None
     if ssl_folder and (Path(ssl_folder) / "meta.json").is_file():  # pretrain mode: the SSL normalisation

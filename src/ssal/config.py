@@ -44,6 +44,7 @@ class TrainConfig:
     eval_batch_size: int = 512
     head: str = "linear"  # frozen mode: linear | mlp head on the cached SSL features
     head_hidden: int = 512  # frozen mode: hidden width of the mlp head
+    init_backbone: Optional[str] = None  # supervised / joint: start each cycle's backbone from this SSL backbone (ssal pretrain's backbone.pt or its folder)
 
 
 @dataclass
@@ -221,6 +222,12 @@ def validate(cfg: DictConfig) -> None:
     )
     need(t.mode in TRAIN_MODES, "train.mode", t.mode, f"choose one of: {', '.join(TRAIN_MODES)}")
     need(t.head in ("linear", "mlp"), "train.head", t.head, "choose one of: linear, mlp")
+    need(
+        not t.init_backbone or t.mode in ("supervised", "joint"),
+        "train.init_backbone",
+        t.init_backbone,
+        f"is for train.mode=supervised or joint; train.mode={t.mode} takes its encoder from the ssl pretraining",
+    )
     s = cfg.ssl
     need(s.lambda_c >= 0, "ssl.lambda_c", s.lambda_c, "must be >= 0")
     need(s.views in ("weak_strong", "strong_strong"), "ssl.views", s.views, "choose one of: weak_strong, strong_strong")

@@ -7,6 +7,13 @@ traceback.
 """
 
 
+def first_line(err: BaseException) -> str:
+    """``"TypeName: first line of the message"`` of any exception, for wrapping
+    a library's error into a one-line :class:`SsalError`."""
+    text = str(err).strip()
+    return f"{type(err).__name__}: {text.splitlines()[0]}" if text else type(err).__name__
+
+
 class SsalError(Exception):
     """An error caused by user input; ``str(err)`` is the one-line message."""
 

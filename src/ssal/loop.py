@@ -35,6 +35,7 @@ from .modes import (
     build_classifier,
     build_ssl_branch,
     check_loss_prediction_mode,
+    init_backbone,
     setup_mode,
     train_cycle,
 )
@@ -191,9 +192,12 @@ class Experiment:
 
     # -- one cycle ------------------------------------------------------------
     def _check_model(self, splits: Splits) -> None:
-        model = build_classifier(self.cfg, len(splits.classes), int(splits.pool.images.shape[1]))
+        in_channels = int(splits.pool.images.shape[1])
+        model = build_classifier(self.cfg, len(splits.classes), in_channels)
         if self.cfg.train.mode != "supervised":
             build_ssl_branch(self.cfg, model)
+        if self.cfg.train.init_backbone:
+            init_backbone(self.cfg, in_channels)  # missing, unreadable or of another model
 
     def _initial_set(self, md: ModeData, initial_strategy, pool_size: int) -> torch.Tensor:
         """``initial`` images drawn at random, or picked by ``initial_strategy`` on

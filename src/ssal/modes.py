@@ -13,6 +13,9 @@ un-augmented pool images), ``ssl_loss(idx)`` for ``ssl_loss_high``.
 - ``frozen``: SSL once, features of every image computed once, then only a
   linear or MLP head is trained per cycle.
 
+``train.init_backbone`` starts the supervised or joint network of every cycle
+from a saved SSL backbone instead of from random weights.
+
 Labels enter only through ``labels`` of the labelled set, read by the loop from
 the oracle; unlabelled pool images reach the trainers as images alone.
 """
@@ -21,6 +24,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -252,7 +256,7 @@ def train_cycle(
         return FrozenTrained(md, head, stats)
     in_ch = int(md.pool_images.shape[1])
     model = build_classifier(cfg, md.num_classes, in_ch, md.classifier_dropout)
-    if mode == "pretrain" and md.ssl_backbone is not None:
+    if md.ssl_backbone is not None:  # pretrain mode, or train.init_backbone
         model.backbone.load_state_dict(md.ssl_backbone)
     if model_state is not None and cfg.train.warm_start:
         model.load_state_dict(model_state)
@@ -335,8 +339,31 @@ def setup_mode(
         if mode == "frozen":
             md.frozen_features = frozen_features(md)
         return md
+    if cfg.train.init_backbone:
+        backbone, meta, file = init_backbone(cfg, int(pool_images.shape[1]))
+        log(f"init: {cfg.model} backbone from {file} ({meta.get('method', '?')} pretraining)")
+        return ModeData(
+            cfg, pool_images, val, test, num_classes, device, tuple(meta["mean"]), tuple(meta["std"]), progress, backbone, str(file.parent.resolve())
+        )
     mean, std = channel_stats(pool_images)
     return ModeData(cfg, pool_images, val, test, num_classes, device, mean, std, progress)
+
+
+def init_backbone(cfg: DictConfig, in_channels: int) -> tuple[dict[str, torch.Tensor], dict, Path]:
+    """``train.init_backbone``: the weights, meta and file of an SSL backbone that
+    starts every cycle's network (supervised or joint mode), checked against the
+    run's model; the network then sees images normalised as in that pretraining."""
+    from .pretrain import read_backbone
+
+    encoder, meta, file = read_backbone(cfg.train.init_backbone, "train.init_backbone")
+    want = (cfg.model, model_kwargs(cfg), in_channels)
+    have = (meta.get("model"), meta.get("model_kwargs"), meta.get("in_channels"))
+    if have != want:
+        raise SsalError(
+            f"train.init_backbone: {file} holds {have[0]} {have[1]} with {have[2]} input channels, "
+            f"but this run builds {want[0]} {want[1]} with {want[2]}; pretrain with the run's model and model_width"
+        )
+    return encoder.state_dict(), meta, file
 
 
 def run_pretraining(cfg: DictConfig, ssl_images: torch.Tensor, device: torch.device, progress: bool = True, log: Callable[[str], None] = print):

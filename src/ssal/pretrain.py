@@ -35,7 +35,7 @@ from omegaconf import DictConfig, OmegaConf
 from .augment import StrongView, TestView, WeakView
 from .data.cache import resolve_cache_dir
 from .models import build_backbone
-from .errors import SsalError, TrainingDiverged
+from .errors import SsalError, TrainingDiverged, first_line
 from .ssl import SSL_METHODS, SSLMethod, build_ssl
 from .train import _bar, _memory_format, _Stepper, lr_schedule
 from .utils import atomic_torch_save, atomic_write_json, derive_seed, generator
@@ -258,3 +258,27 @@ def load_backbone(path: str | Path) -> tuple[torch.nn.Module, dict[str, Any]]:
     encoder = build_backbone(meta["model"], meta["in_channels"], **meta["model_kwargs"])
     encoder.load_state_dict(saved["backbone"])
     return encoder, meta
+
+
+def read_backbone(path: str | Path, field: str = "") -> tuple[torch.nn.Module, dict[str, Any], Path]:
+    """:func:`load_backbone` for user input: ``(encoder, meta, file)``, or an
+    :class:`SsalError` naming the file (and the config ``field`` it came from)
+    when it is missing, unfinished or not a backbone written by ``ssal pretrain``."""
+    import pickle
+
+    where = f"{field}: " if field else ""
+    path = Path(path).expanduser()
+    file = path / "backbone.pt" if path.is_dir() else path
+    if not file.is_file():
+        if path.is_dir() and (path / "checkpoint.pt").exists():
+            raise SsalError(f"{where}the SSL pretraining in {path} is not finished (no backbone.pt yet); rerun its `ssal pretrain` command")
+        raise SsalError(f"{where}no SSL backbone at {file}")
+    try:
+        encoder, meta = load_backbone(file)
+    except SsalError:
+        raise
+    except pickle.UnpicklingError:
+        raise SsalError(f"{where}{file} is not an SSL backbone written by `ssal pretrain` (not a PyTorch checkpoint file)") from None
+    except Exception as err:  # not {"backbone": ..., "meta": ...}, or weights that do not fit meta
+        raise SsalError(f"{where}{file} is not an SSL backbone written by `ssal pretrain` ({first_line(err)})") from None
+    return encoder, meta, file
