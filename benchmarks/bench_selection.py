@@ -4,6 +4,9 @@
 (the released ISAL code's way), (b) vmap over grad and (c) one forward-mode pass
 (jvp), checked identical; LiSSA's s_test; and last-layer mode on 50,000 images.
 
+``last-layer``: last-layer ISAL on 50,000 images with float32 and with bfloat16
+forward passes (``train.amp_cpu``), alternating, and how many picks agree.
+
 ``cost``: seconds and peak memory of one selection of every strategy at each pool
 size, each (strategy, size) in its own subprocess so peak RSS is its own.
 
@@ -13,6 +16,8 @@ labelled images and a 1,000-image reference set.
 
     python benchmarks/bench_selection.py isal --data /tmp/cifar10-jpeg \
         --run runs/bench/cifar10-ssl/supervised-random-seed0 --json benchmarks/results/selection/isal_speed.json
+    python benchmarks/bench_selection.py last-layer --data /tmp/cifar10-jpeg \
+        --run runs/bench/cifar10-ssl/supervised-random-seed0 --json benchmarks/results/selection/last_layer_amp.json
     python benchmarks/bench_selection.py cost --data /tmp/cifar10-jpeg \
         --run runs/bench/cifar10-ssl/supervised-random-seed0 --json benchmarks/results/selection/cost.json
 """
@@ -68,8 +73,9 @@ def reset_peak_rss() -> None:
         f.write("5")
 
 
-def setup(data: str, run: str, n_candidates: int, seed: int = 0):
-    """(model, context) for a pool of ``n_candidates`` CIFAR-10 images."""
+def setup(data: str, run: str, n_candidates: int, seed: int = 0, amp: bool = False):
+    """(model, context) for a pool of ``n_candidates`` CIFAR-10 images; ``amp``:
+    forward passes under bfloat16 autocast (``train.amp_cpu``)."""
     cfg = OmegaConf.load(Path(run) / "config.yaml")
     train, test = load_dataset(f"imagefolder:{data}", None, None, progress=False)
     images = torch.cat([train.images, test.images])
@@ -89,11 +95,11 @@ def setup(data: str, run: str, n_candidates: int, seed: int = 0):
     dev = torch.device("cpu")
     net = NetworkAccess(
         model=model, prepare=prepare, pool_images=lambda idx: images[idx], labelled_images=images[lab], labelled_labels=labels[lab],
-        reference=(images[ref], labels[ref]), num_classes=10, device=dev, batch_size=512,
+        reference=(images[ref], labels[ref]), num_classes=10, device=dev, batch_size=512, amp=amp,
     )  # fmt: skip
 
     def embed(idx):
-        return predict(model, images[idx], prepare, dev, 512)
+        return predict(model, images[idx], prepare, dev, 512, amp)
 
     loss_module = LossPredictionModule(model.backbone.stage_channels).eval()
 
@@ -176,6 +182,26 @@ def bench_isal(args) -> dict:
     return out
 
 
+def bench_last_layer(args) -> dict:
+    """Last-layer ISAL on 50,000 candidates, float32 against bfloat16 forward
+    passes (``train.amp_cpu=true``), alternating, best of ``--repeats`` each."""
+    torch.set_num_threads(args.threads or torch.get_num_threads())
+    out = {"model": "smallcnn w32", "candidates": 50000, "threads": torch.get_num_threads(), "repeats": args.repeats}
+    picks, best = {}, {}
+    for _ in range(args.repeats):
+        for name, amp in [("float32", False), ("bfloat16", True)]:
+            _, ctx, _, _ = setup(args.data, args.run, 50000, amp=amp)
+            t = time.perf_counter()
+            picks[name] = build_strategy("isal", mode="last_layer").select(ctx, 1000)
+            best[name] = min(best.get(name, float("inf")), time.perf_counter() - t)
+            print(name, round(best[name], 2), flush=True)
+    for name in best:
+        out[f"{name}_seconds"] = round(best[name], 2)
+    out["speedup"] = round(best["float32"] / best["bfloat16"], 2)
+    out["same_picks_of_1000"] = len(set(picks["float32"].tolist()) & set(picks["bfloat16"].tolist()))
+    return out
+
+
 def bench_one(args) -> dict:
     torch.set_num_threads(args.threads or torch.get_num_threads())
     name, opts = dict((n, (n, o)) for n, o in COST_STRATEGIES)[args.strategy]
@@ -216,7 +242,7 @@ def bench_cost(args) -> list[dict]:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("what", choices=["isal", "cost", "one"])
+    p.add_argument("what", choices=["isal", "last-layer", "cost", "one"])
     p.add_argument("--data", default="/tmp/cifar10-jpeg")
     p.add_argument("--run", default="runs/bench/cifar10-ssl/supervised-random-seed0")
     p.add_argument("--pool", type=int, default=10000)
@@ -225,12 +251,13 @@ def main() -> None:
     p.add_argument("--strategy")
     p.add_argument("--budget", type=int, default=1000)
     p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--repeats", type=int, default=2, help="last-layer: timed runs of each precision")
     p.add_argument("--json")
     args = p.parse_args()
     if args.what == "one":
         print(json.dumps(bench_one(args)))
         return
-    result = bench_isal(args) if args.what == "isal" else bench_cost(args)
+    result = {"isal": bench_isal, "last-layer": bench_last_layer, "cost": bench_cost}[args.what](args)
     text = json.dumps({"command": " ".join(sys.argv), "machine": f"{os.cpu_count()} CPU cores, torch {torch.__version__}", "result": result}, indent=1)
     print(text)
     if args.json:

@@ -39,7 +39,8 @@ class TrainConfig:
     label_smoothing: float = 0.0
     augment: str = "weak"  # weak | strong | none
     warm_start: bool = False  # keep the previous cycle's weights instead of re-initialising
-    amp: bool = True  # mixed precision, used on CUDA only
+    amp: bool = True  # mixed precision on CUDA (bfloat16, or float16 with loss scaling)
+    amp_cpu: bool = False  # bfloat16 autocast on the CPU too, training and inference: ~1.8x faster where the CPU has AVX512-BF16 or AMX
     channels_last: bool = True
     eval_batch_size: int = 512
     head: str = "linear"  # frozen mode: linear | mlp head on the cached SSL features
@@ -75,7 +76,8 @@ class SSLConfig:
     multicrop_size: int = 16  # side of the small crops in px
     multicrop_scale: list[float] = field(default_factory=lambda: [0.05, 0.3])  # their RandomResizedCrop area range
     seed: int = 0  # pretraining seed (independent of the run seed, so the cache is shared across seeds)
-    amp: bool = True
+    amp: bool = True  # mixed precision on CUDA
+    amp_cpu: bool = False  # bfloat16 autocast on the CPU (see train.amp_cpu); part of the cache key when on
     channels_last: bool = True
     checkpoint_minutes: float = 5.0
     cache_dir: Optional[str] = None  # default <cache_dir>/ssl

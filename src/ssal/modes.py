@@ -38,6 +38,7 @@ from .models import build_model
 from .ssl import SSLMethod, build_ssl
 from .strategies.base import NetworkAccess
 from .train import (
+    amp_enabled,
     TrainStats,
     accuracy_report,
     evaluate,
@@ -81,7 +82,7 @@ class ModeData:
 
     def eval_kwargs(self) -> dict:
         t = self.cfg.train
-        return dict(device=self.device, batch_size=t.eval_batch_size, amp=t.amp, channels_last=t.channels_last)
+        return dict(device=self.device, batch_size=t.eval_batch_size, amp=amp_enabled(t, self.device), channels_last=t.channels_last)
 
 
 def model_kwargs(cfg: DictConfig) -> dict:
@@ -158,6 +159,7 @@ class NetworkTrained(Trained):
             num_classes=md.num_classes,
             device=md.device,
             batch_size=int(md.cfg.train.eval_batch_size),
+            amp=amp_enabled(md.cfg.train, md.device),
             channels_last=bool(md.cfg.train.channels_last),
         )
 

@@ -58,6 +58,8 @@ def pretrain_key(fingerprint: str, model: str, model_kwargs: dict, in_channels: 
     ssl = {k: v for k, v in ssl.items() if k not in _NOT_IN_KEY}
     if not ssl.get("multicrop"):  # no small crops: their settings change nothing (and older caches keep their keys)
         ssl = {k: v for k, v in ssl.items() if not k.startswith("multicrop")}
+    if not ssl.get("amp_cpu"):  # float32 on the CPU: older caches keep their keys
+        ssl.pop("amp_cpu", None)
     blob = json.dumps(
         {"format": CACHE_FORMAT, "images": fingerprint, "model": model, "model_kwargs": model_kwargs, "in_channels": in_channels, "ssl": ssl},
         sort_keys=True,

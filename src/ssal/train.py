@@ -54,10 +54,24 @@ def lr_schedule(cfg: TrainConfig, steps_per_epoch: int, total_steps: int) -> lis
     return out
 
 
+def amp_enabled(cfg: TrainConfig, device: torch.device) -> bool:
+    """Whether a training or SSL config runs under autocast on ``device``:
+    ``amp`` on CUDA (bfloat16, or float16 with loss scaling), ``amp_cpu`` on the
+    CPU (bfloat16; off by default so CPU results stay float32)."""
+    if device.type == "cuda":
+        return bool(cfg.amp)
+    return device.type == "cpu" and bool(getattr(cfg, "amp_cpu", False))
+
+
 def _autocast(device: torch.device, enabled: bool):
-    if enabled and device.type == "cuda":
+    """Mixed precision on ``device`` when ``enabled`` (see :func:`amp_enabled`)."""
+    if not enabled:
+        return nullcontext()
+    if device.type == "cuda":
         dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         return torch.autocast("cuda", dtype=dtype)
+    if device.type == "cpu":
+        return torch.autocast("cpu", dtype=torch.bfloat16)
     return nullcontext()
 
 
@@ -116,9 +130,10 @@ class _Stepper:
             params, lr=lrs[0], momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=cfg.nesterov
         )
         self.lrs = lrs
-        self.use_amp = cfg.amp and device.type == "cuda"
+        self.use_amp = amp_enabled(cfg, device)
         # float16 autocast (GPUs without bfloat16) needs loss scaling; bfloat16 does not.
-        self.scaler = torch.amp.GradScaler("cuda") if self.use_amp and not torch.cuda.is_bf16_supported() else None
+        cuda_fp16 = self.use_amp and device.type == "cuda" and not torch.cuda.is_bf16_supported()
+        self.scaler = torch.amp.GradScaler("cuda") if cuda_fp16 else None
         self.device = device
 
     def autocast(self):
@@ -449,11 +464,12 @@ def map_batches(
     prepare: Callable[[torch.Tensor], torch.Tensor],
     device: torch.device,
     batch_size: int = 512,
-    amp: bool = True,
+    amp: bool = False,
     channels_last: bool = True,
 ) -> list:
     """``fn`` of each batch of un-augmented ``images`` (uint8), prepared on
-    ``device`` in the training memory format, under autocast (CUDA), no grad."""
+    ``device`` in the training memory format, no grad; under autocast when
+    ``amp`` (pass :func:`amp_enabled` of the run's config)."""
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     out = []
     for s in range(0, int(images.shape[0]), batch_size):
@@ -469,7 +485,7 @@ def predict(
     prepare: Callable[[torch.Tensor], torch.Tensor],
     device: torch.device,
     batch_size: int = 512,
-    amp: bool = True,
+    amp: bool = False,
     channels_last: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Logits and features of un-augmented ``images`` in eval mode (no BN
@@ -493,7 +509,7 @@ def predict_losses(
     prepare: Callable[[torch.Tensor], torch.Tensor],
     device: torch.device,
     batch_size: int = 512,
-    amp: bool = True,
+    amp: bool = False,
     channels_last: bool = True,
 ) -> torch.Tensor:
     """(N,) losses that ``loss_module`` predicts for un-augmented ``images`` (uint8)
@@ -525,7 +541,7 @@ def evaluate(
     prepare: Callable[[torch.Tensor], torch.Tensor],
     device: torch.device,
     batch_size: int = 512,
-    amp: bool = True,
+    amp: bool = False,
     channels_last: bool = True,
 ) -> dict:
     """Accuracy and per-class accuracy over every image of a split."""

@@ -47,6 +47,7 @@ class NetworkAccess:
     num_classes: int
     device: torch.device
     batch_size: int = 512
+    amp: bool = False  # autocast in forward passes (the run's train.amp / train.amp_cpu for this device)
     channels_last: bool = True
 
 

@@ -139,6 +139,6 @@ def _forward(net: NetworkAccess, images: torch.Tensor) -> tuple[torch.Tensor, to
 
     was = net.model.training
     try:
-        return predict(net.model, images, net.prepare, net.device, net.batch_size, channels_last=net.channels_last)
+        return predict(net.model, images, net.prepare, net.device, net.batch_size, net.amp, net.channels_last)
     finally:
         net.model.train(was)
