@@ -38,9 +38,9 @@ from .models import build_model
 from .ssl import SSLMethod, build_ssl
 from .strategies.base import NetworkAccess
 from .train import (
-    amp_enabled,
     TrainStats,
     accuracy_report,
+    amp_enabled,
     evaluate,
     predict,
     predict_losses,
