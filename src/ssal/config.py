@@ -40,7 +40,7 @@ class TrainConfig:
     augment: str = "weak"  # weak | strong | none
     warm_start: bool = False  # keep the previous cycle's weights instead of re-initialising
     amp: bool = True  # mixed precision on CUDA (bfloat16, or float16 with loss scaling)
-    amp_cpu: bool = False  # bfloat16 autocast on the CPU too, training and inference: ~1.8x faster where the CPU has AVX512-BF16 or AMX
+    amp_cpu: bool = False  # bfloat16 autocast on the CPU too, training and inference: 1.6-1.9x faster per step here (AVX512-BF16; BENCHMARKS.md)
     channels_last: bool = True
     eval_batch_size: int = 512
     head: str = "linear"  # frozen mode: linear | mlp head on the cached SSL features

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .config import TrainConfig
+from .config import SSLConfig, TrainConfig
 
 if TYPE_CHECKING:
     from .ssl import SSLMethod
@@ -54,7 +54,7 @@ def lr_schedule(cfg: TrainConfig, steps_per_epoch: int, total_steps: int) -> lis
     return out
 
 
-def amp_enabled(cfg: TrainConfig, device: torch.device) -> bool:
+def amp_enabled(cfg: TrainConfig | SSLConfig, device: torch.device) -> bool:
     """Whether a training or SSL config runs under autocast on ``device``:
     ``amp`` on CUDA (bfloat16, or float16 with loss scaling), ``amp_cpu`` on the
     CPU (bfloat16; off by default so CPU results stay float32)."""
