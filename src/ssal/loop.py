@@ -144,14 +144,15 @@ class Experiment:
         splits = prepare_splits(cfg, self.progress)
         pool = splits.pool
         validate_against_pool(cfg, len(pool))
-        self._check_model(splits)  # a bad model or SSL option fails here, before anything is written
+        init = self._check_model(splits)  # a bad model, SSL option or init backbone fails here, before anything is written
         # Validated: from here on the run folder may be written.
         self.out.mkdir(parents=True, exist_ok=True)
         if state is None:
             atomic_write_text(self.out / CONFIG_FILE, to_yaml(cfg))
         val = (splits.val.images, splits.val.labels) if len(splits.val) else None
         md = setup_mode(
-            cfg, pool.images, val, (splits.test.images, splits.test.labels), splits.ssl_images, len(splits.classes), device, self.progress, self.log
+            cfg, pool.images, val, (splits.test.images, splits.test.labels), splits.ssl_images, len(splits.classes), device, self.progress, self.log,
+            init=init,
         )
         md.classifier_dropout = float(strategy.classifier_dropout)
         md.loss_prediction = strategy.loss_prediction
@@ -191,13 +192,15 @@ class Experiment:
         return records
 
     # -- one cycle ------------------------------------------------------------
-    def _check_model(self, splits: Splits) -> None:
+    def _check_model(self, splits: Splits):
+        """Build the network (and SSL branch) once to fail early on a bad
+        config; returns the loaded ``train.init_backbone`` (or None) so it is
+        read once."""
         in_channels = int(splits.pool.images.shape[1])
         model = build_classifier(self.cfg, len(splits.classes), in_channels)
         if self.cfg.train.mode != "supervised":
             build_ssl_branch(self.cfg, model)
-        if self.cfg.train.init_backbone:
-            init_backbone(self.cfg, in_channels)  # missing, unreadable or of another model
+        return init_backbone(self.cfg, in_channels) if self.cfg.train.init_backbone else None  # missing, unreadable or of another model
 
     def _initial_set(self, md: ModeData, initial_strategy, pool_size: int) -> torch.Tensor:
         """``initial`` images drawn at random, or picked by ``initial_strategy`` on

@@ -329,9 +329,11 @@ def setup_mode(
     device: torch.device,
     progress: bool = True,
     log: Callable[[str], None] = print,
+    init: tuple[dict[str, torch.Tensor], dict, Path] | None = None,
 ) -> ModeData:
     """Normalisation statistics and, for pretrain / frozen, the cached SSL
-    pretraining on ``ssl_images`` (train-split images, no labels) and frozen features."""
+    pretraining on ``ssl_images`` (train-split images, no labels) and frozen
+    features; ``init``: :func:`init_backbone` of ``cfg`` if already loaded."""
     mode = cfg.train.mode
     if mode in ("pretrain", "frozen"):
         backbone, meta, folder = run_pretraining(cfg, ssl_images, device, progress, log)
@@ -342,7 +344,7 @@ def setup_mode(
             md.frozen_features = frozen_features(md)
         return md
     if cfg.train.init_backbone:
-        backbone, meta, file = init_backbone(cfg, int(pool_images.shape[1]))
+        backbone, meta, file = init or init_backbone(cfg, int(pool_images.shape[1]))
         log(f"init: {cfg.model} backbone from {file} ({meta.get('method', '?')} pretraining)")
         return ModeData(
             cfg, pool_images, val, test, num_classes, device, tuple(meta["mean"]), tuple(meta["std"]), progress, backbone, str(file.parent.resolve())

@@ -24,6 +24,7 @@ import fcntl
 import hashlib
 import json
 import math
+import pickle
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -266,8 +267,6 @@ def read_backbone(path: str | Path, field: str = "") -> tuple[torch.nn.Module, d
     """:func:`load_backbone` for user input: ``(encoder, meta, file)``, or an
     :class:`SsalError` naming the file (and the config ``field`` it came from)
     when it is missing, unfinished or not a backbone written by ``ssal pretrain``."""
-    import pickle
-
     where = f"{field}: " if field else ""
     path = Path(path).expanduser()
     file = path / "backbone.pt" if path.is_dir() else path

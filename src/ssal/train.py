@@ -60,7 +60,7 @@ def amp_enabled(cfg: TrainConfig | SSLConfig, device: torch.device) -> bool:
     CPU (bfloat16; off by default so CPU results stay float32)."""
     if device.type == "cuda":
         return bool(cfg.amp)
-    return device.type == "cpu" and bool(getattr(cfg, "amp_cpu", False))
+    return device.type == "cpu" and bool(cfg.amp_cpu)
 
 
 def _autocast(device: torch.device, enabled: bool):
