@@ -219,6 +219,67 @@ def test_summary_statistics_on_hand_made_results(tmp_path):
     assert c["vs_baseline"]["aubc"]["seeds"] == [0, 1]
 
 
+def test_compare_pairs_any_two_groups_seed_by_seed(tmp_path):
+    """``compare:`` pairs groups no random baseline covers (e.g. joint against
+    supervised): hand-computed paired differences, cycles paired only while the
+    label counts agree, AUBC only for equal schedules."""
+    grid_file = write_grid(
+        tmp_path,
+        grid={"seed": [0, 1, 2]},
+        variants={"entropy": ["strategy=entropy"], "coreset": ["strategy=coreset"], "small": ["strategy=coreset", "budget=20"]},
+        run_name="{variant}-seed{seed}",
+        compare=[["entropy", "coreset"], ["small", "entropy"]],
+    )
+    curves = {"entropy": [[0.50, 0.63], [0.52, 0.66], [0.54, 0.66]], "coreset": [[0.50, 0.60], [0.52, 0.62], [0.54, 0.63]]}
+    for v, seeds in curves.items():
+        for k, accs in enumerate(seeds):
+            fake_run(tmp_path / "out" / f"{v}-seed{k}", accs)
+    for k, accs in enumerate([[0.51, 0.58], [0.52, 0.60], [0.56, 0.61]]):
+        fake_run(tmp_path / "out" / f"small-seed{k}", accs, n_labelled=(40, 60))
+    grid = load_grid(grid_file)
+    assert grid.compare == [("entropy", "coreset"), ("small", "entropy")]
+    summary = summarise(grid)
+    first, second = summary["comparisons"]
+    assert (first["group"], first["vs"]) == ("entropy", "coreset")
+    c0, c1 = first["cycles"]
+    assert c0["mean_diff"] == pytest.approx(0.0) and c0["n"] == 3
+    # cycle 1: 63-60, 66-62, 66-63 = 3, 4, 3: mean 10/3, sd sqrt(1/3)
+    assert c1["mean_diff"] == pytest.approx(10 / 3) and c1["ci95"] == pytest.approx(T_975_2 * math.sqrt(1 / 3) / math.sqrt(3)) and c1["resolved"]
+    # AUBC 56.5 / 59 / 60 against 55 / 57 / 58.5: diffs 1.5, 2, 1.5
+    au = first["aubc"]
+    assert au["mean_diff"] == pytest.approx(5 / 3) and au["ci95"] == pytest.approx(T_975_2 * math.sqrt(1 / 12) / math.sqrt(3)) and au["resolved"]
+    # 40 / 60 labels against 40 / 70: only cycle 0 is paired, no AUBC difference
+    assert len(second["cycles"]) == 1 and second["cycles"][0]["mean_diff"] == pytest.approx((1 + 0 + 2) / 3)
+    assert second["aubc"] is None
+
+    md = summary_markdown(summary)
+    rows = [line for line in md.splitlines() if line.startswith("| entropy | coreset |") or line.startswith("| small | entropy |")]
+    assert len(rows) == 2
+    assert "+3.33 +- 1.43" in rows[0] and rows[0].endswith("| better than coreset |")
+    assert "+1.00 +- " in rows[1] and rows[1].endswith("| no finished pair |")
+
+
+@pytest.mark.parametrize(
+    "compare, needle",
+    [
+        ("a-b", "compare: expected a list of [group, other group] pairs"),
+        ([["a"]], "compare[0]: expected [group, other group]"),
+        ([["a", "zz"]], "compare[0]: unknown group 'zz' (groups: a, b, late)"),
+        ([["a", "a"]], "compare[0]: compares 'a' with itself"),
+        ([["a", "b"], ["a", "b"]], "compare[1]: [a, b] appears twice"),
+        ([["a", "late"]], "compare[0]: 'a' and 'late' start at different label counts (40 vs 50)"),
+    ],
+)
+def test_bad_compare_is_a_one_line_error(tmp_path, capsys, compare, needle):
+    path = write_grid(
+        tmp_path, "bad", variants={"a": ["strategy=random"], "b": ["strategy=coreset"], "late": ["initial=50"]}, run_name="{variant}-seed{seed}", compare=compare
+    )
+    assert main(["bench", str(path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"ssal: error: {path}: ") and needle in err[0], err
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.parametrize(
     "doc, needle",
     [

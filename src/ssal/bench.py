@@ -14,13 +14,17 @@ A grid file (YAML)::
       default: []
       ll: [strategy_options.mode=last_layer]
     run_name: "{strategy}-seed{seed}"    # optional folder-name template
+    compare:                             # optional: more paired comparisons, group vs group
+      - [coreset-seed, isal-seed]
 
 Each run is one :func:`ssal.loop.run_experiment` in ``<out>/<run name>``; the
 default run name is ``<dataset>-<mode>-<strategy>[-<variant>][-<other axis
 values>]-seed<k>``. A *group* is the set of runs that differ only in the seed;
 the summary (``<out>/summary.md``, ``<out>/summary.json``, ``<out>/curves.png``)
 has one row per group, and compares every group with the ``random`` group of
-the same dataset and training mode, seed by seed (:mod:`ssal.stats`).
+the same dataset and training mode, seed by seed (:mod:`ssal.stats`), and
+each ``compare`` pair the same way (e.g. a joint-training group against a
+supervised one, which no random baseline covers).
 
 Everything is validated before anything runs; a bad grid raises
 :class:`~ssal.errors.SsalError` naming the file and the field.
@@ -53,7 +57,7 @@ from .errors import SsalError
 from .stats import aubc, labels_to_reach, mean_std_ci, paired_difference
 from .utils import atomic_write_json, atomic_write_text
 
-GRID_KEYS = ("name", "preset", "set", "out", "grid", "variants", "run_name")
+GRID_KEYS = ("name", "preset", "set", "out", "grid", "variants", "run_name", "compare")
 GRID_FILE = "grid.yaml"
 SUMMARY_MD = "summary.md"
 SUMMARY_JSON = "summary.json"
@@ -104,6 +108,7 @@ class Grid:
     variants: dict[str, list[str]] | None
     run_name: str | None
     runs: list[GridRun] = field(default_factory=list)
+    compare: list[tuple[str, str]] = field(default_factory=list)
 
     @property
     def sets_threads(self) -> bool:
@@ -323,10 +328,46 @@ def load_grid(path: str | Path, workers: int = 1) -> Grid:
 
     grid = Grid(path, _sanitise(name), Path(out), preset, overrides, axes, variants, run_name)
     grid.runs = _expand(grid)
+    grid.compare = _check_compare(path, data.get("compare"), grid.runs)
     _apply_threads(grid, workers)
     for run in grid.runs:
         _check_existing(grid, run)
     return grid
+
+
+def _check_compare(path: Path, raw: Any, runs: list[GridRun]) -> list[tuple[str, str]]:
+    """The grid's ``compare`` pairs: [group, other group] lists naming groups of
+    this grid on the same dataset whose label schedules start alike."""
+    if raw is None:
+        return []
+    if not isinstance(raw, list):
+        raise SsalError(f"{path}: compare: expected a list of [group, other group] pairs, got {raw!r}")
+    first = {}
+    for run in runs:
+        first.setdefault(run.group, run)
+    pairs: list[tuple[str, str]] = []
+    for i, pair in enumerate(raw):
+        where = f"compare[{i}]"
+        if not (isinstance(pair, list) and len(pair) == 2 and all(isinstance(x, str) for x in pair)):
+            raise SsalError(f"{path}: {where}: expected [group, other group], got {pair!r}")
+        a, b = pair
+        for g in (a, b):
+            if g not in first:
+                raise SsalError(f"{path}: {where}: unknown group '{g}' (groups: {', '.join(first)})")
+        if a == b:
+            raise SsalError(f"{path}: {where}: compares '{a}' with itself")
+        ra, rb = first[a], first[b]
+        if str(ra.cfg.dataset) != str(rb.cfg.dataset):
+            raise SsalError(f"{path}: {where}: '{a}' and '{b}' use different datasets ({ra.cfg.dataset} vs {rb.cfg.dataset})")
+        if _schedule(ra.cfg)[0] != _schedule(rb.cfg)[0]:
+            raise SsalError(
+                f"{path}: {where}: '{a}' and '{b}' start at different label counts ({ra.cfg.initial} vs {rb.cfg.initial}); "
+                "paired cycles need the same schedule"
+            )
+        if (a, b) in pairs:
+            raise SsalError(f"{path}: {where}: [{a}, {b}] appears twice")
+        pairs.append((a, b))
+    return pairs
 
 
 def _expand(grid: Grid) -> list[GridRun]:
@@ -761,14 +802,7 @@ def summarise(grid: Grid, target: float | None = None) -> dict:
             g["target"] = {"acc": tgt, "source": source, "labels": need, "baseline_labels": base_need, "saving": saving}
 
         if base is not None and base_label != g["group"]:
-            a, b = per_group[g["group"]], per_group[base_label]
-            cyc = []
-            for c in range(min(len(g["labelled"]), len(base["labelled"]))):
-                ac = {s: v[c] for s, v in a["acc"].items() if len(v) > c}
-                bc = {s: v[c] for s, v in b["acc"].items() if len(v) > c}
-                p = _paired(ac, bc)
-                cyc.append({"cycle": c, "n_labelled": g["labelled"][c], **(p or {"n": 0})})
-            g["vs_baseline"] = {"baseline": base_label, "cycles": cyc, "aubc": _paired(a["aubc"], b["aubc"])}
+            g["vs_baseline"] = {"baseline": base_label, **_compare_groups(g, base, per_group)}
 
     n_done = sum(1 for r in grid.runs if len(records[r.name]) >= r.cfg.cycles)
     return {
@@ -781,7 +815,26 @@ def summarise(grid: Grid, target: float | None = None) -> dict:
         "runs_finished": n_done,
         "target": target,
         "groups": out_groups,
+        "comparisons": [
+            {"group": a, "vs": b, **_compare_groups(by_label[a], by_label[b], per_group)} for a, b in grid.compare
+        ],
     }
+
+
+def _compare_groups(g: dict, base: dict, per_group: dict) -> dict:
+    """Seed-paired differences ``g - base``: per cycle while both schedules
+    agree on the label count, and of the AUBC when the schedules are equal."""
+    a, b = per_group[g["group"]], per_group[base["group"]]
+    cyc = []
+    for c in range(min(len(g["labelled"]), len(base["labelled"]))):
+        if g["labelled"][c] != base["labelled"][c]:
+            break
+        ac = {s: v[c] for s, v in a["acc"].items() if len(v) > c}
+        bc = {s: v[c] for s, v in b["acc"].items() if len(v) > c}
+        p = _paired(ac, bc)
+        cyc.append({"cycle": c, "n_labelled": g["labelled"][c], **(p or {"n": 0})})
+    same = g["labelled"] == base["labelled"]
+    return {"cycles": cyc, "aubc": _paired(a["aubc"], b["aubc"]) if same else None}
 
 
 def _pm(est: dict | None) -> str:
@@ -853,19 +906,36 @@ def summary_markdown(summary: dict) -> str:
                 "| group | vs | seeds | " + " | ".join(f"cycle {c}" for c in range(ncyc)) + " | AUBC | verdict (AUBC) |",
                 "|---|---|---|" + "---:|" * (ncyc + 1) + "---|",
             ]
-            for g in compared:
-                vb = g["vs_baseline"]
-                cells = [_diff_cell(c)[0] for c in vb["cycles"]] + ["-"] * (ncyc - len(vb["cycles"]))
-                text, resolved = _diff_cell(vb["aubc"])
-                if vb["aubc"] is None:
-                    verdict = "no finished pair"
-                elif resolved:
-                    verdict = f"{'better' if vb['aubc']['mean_diff'] > 0 else 'worse'} than random"
-                else:
-                    verdict = "not resolved by the seeds" + (" (1 seed)" if vb["aubc"]["ci95"] is None else "")
-                n = vb["aubc"]["n"] if vb["aubc"] else max((c.get("n", 0) for c in vb["cycles"]), default=0)
-                lines.append(f"| {g['group']} | {vb['baseline']} | {n} | " + " | ".join(cells) + f" | {text} | {verdict} |")
+            lines += [_pair_row(g["group"], g["vs_baseline"]["baseline"], g["vs_baseline"], ncyc, "random") for g in compared]
+        names = {g["group"] for g in groups}
+        asked = [c for c in summary.get("comparisons", []) if c["group"] in names]
+        if asked:
+            lines += [
+                "",
+                "Paired differences asked for by the grid's `compare` (group - vs, percentage points, same seeds): "
+                "mean difference +- 95% CI half-width (paired t); n.r. = not resolved by the seeds. "
+                "Cycles are paired while both schedules have the same label count; AUBC only for equal schedules.",
+                "",
+                "| group | vs | seeds | " + " | ".join(f"cycle {c}" for c in range(ncyc)) + " | AUBC | verdict (AUBC) |",
+                "|---|---|---|" + "---:|" * (ncyc + 1) + "---|",
+            ]
+            lines += [_pair_row(c["group"], c["vs"], c, ncyc, c["vs"]) for c in asked]
     return "\n".join(lines) + "\n"
+
+
+def _pair_row(group: str, vs: str, comparison: dict, ncyc: int, than: str) -> str:
+    """One row of a paired-difference table; ``than`` names the other side in the verdict."""
+    cells = [_diff_cell(c)[0] for c in comparison["cycles"]] + ["-"] * (ncyc - len(comparison["cycles"]))
+    aubc_diff = comparison["aubc"]
+    text, resolved = _diff_cell(aubc_diff)
+    if aubc_diff is None:
+        verdict = "no finished pair"
+    elif resolved:
+        verdict = f"{'better' if aubc_diff['mean_diff'] > 0 else 'worse'} than {than}"
+    else:
+        verdict = "not resolved by the seeds" + (" (1 seed)" if aubc_diff["ci95"] is None else "")
+    n = aubc_diff["n"] if aubc_diff else max((c.get("n", 0) for c in comparison["cycles"]), default=0)
+    return f"| {group} | {vs} | {n} | " + " | ".join(cells) + f" | {text} | {verdict} |"
 
 
 def write_summary(grid: Grid, target: float | None = None) -> dict:

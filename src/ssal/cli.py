@@ -113,6 +113,8 @@ of the axes (and of the named variants, when given):
     default: []
     ll: [strategy_options.mode=last_layer]
   run_name: "{strategy}-{variant}-seed{seed}"   # optional folder-name template
+  compare:                             # optional: more seed-paired comparisons
+    - [coreset-default, isal-ll]       #   group - group (a group = runs differing in seed)
 
 Every run's config is resolved and checked before anything runs. Each run goes
 to <out>/<run name> (default <dataset>-<mode>-<strategy>[-<variant>]-seed<k>);
@@ -124,7 +126,7 @@ Writes <out>/grid.yaml (the expanded grid), <out>/summary.md and
 <out>/summary.json (per group of seeds: test accuracy per cycle as mean +- std
 with a 95% Student t CI, AUBC, labels needed to reach a target accuracy, train /
 eval / select seconds; every strategy against random of the same dataset and
-mode, paired by seed, flagged 'not resolved by the seeds' when the CI contains
+mode, and every compare pair, paired by seed, flagged 'not resolved by the seeds' when the CI contains
 0) and <out>/curves.png.
 
   ssal bench benchmarks/grids/cpu-protocol-fashionmnist.yaml --dry-run
