@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 import ssal.loop as loop
-from ssal.bench import load_grid, run_status, summarise, summary_markdown
+from ssal.bench import load_grid, run_status, summarise, summary_markdown, write_grid_file
 from ssal.cli import main
 from ssal.config import resolve_config
 from ssal.errors import SsalError
@@ -238,6 +238,8 @@ def test_compare_pairs_any_two_groups_seed_by_seed(tmp_path):
         fake_run(tmp_path / "out" / f"small-seed{k}", accs, n_labelled=(40, 60))
     grid = load_grid(grid_file)
     assert grid.compare == [("entropy", "coreset"), ("small", "entropy")]
+    write_grid_file(grid)
+    assert yaml.safe_load((tmp_path / "out" / "grid.yaml").read_text())["compare"] == [["entropy", "coreset"], ["small", "entropy"]]
     summary = summarise(grid)
     first, second = summary["comparisons"]
     assert (first["group"], first["vs"]) == ("entropy", "coreset")

@@ -505,6 +505,7 @@ def write_grid_file(grid: Grid) -> None:
         "grid": grid.axes,
         "variants": grid.variants,
         "run_name": grid.run_name,
+        "compare": [list(pair) for pair in grid.compare],
         "runs": [
             {"name": r.name, "group": r.group, "seed": r.seed, "variant": r.variant, "overrides": r.overrides, "threads": int(r.cfg.threads)}
             for r in grid.runs
