@@ -258,7 +258,7 @@ def test_compare_pairs_any_two_groups_seed_by_seed(tmp_path):
     rows = [line for line in md.splitlines() if line.startswith("| entropy | coreset |") or line.startswith("| small | entropy |")]
     assert len(rows) == 2
     assert "+3.33 +- 1.43" in rows[0] and rows[0].endswith("| better than coreset |")
-    assert "+1.00 +- " in rows[1] and rows[1].endswith("| no finished pair |")
+    assert "+1.00 +- " in rows[1] and rows[1].endswith("| schedules differ: no AUBC difference |")
 
 
 @pytest.mark.parametrize(

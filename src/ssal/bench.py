@@ -15,7 +15,7 @@ A grid file (YAML)::
       ll: [strategy_options.mode=last_layer]
     run_name: "{strategy}-seed{seed}"    # optional folder-name template
     compare:                             # optional: more paired comparisons, group vs group
-      - [coreset-seed, isal-seed]
+      - [coreset, isal]                  # group names: run names without the seed
 
 Each run is one :func:`ssal.loop.run_experiment` in ``<out>/<run name>``; the
 default run name is ``<dataset>-<mode>-<strategy>[-<variant>][-<other axis
@@ -835,7 +835,7 @@ def _compare_groups(g: dict, base: dict, per_group: dict) -> dict:
         p = _paired(ac, bc)
         cyc.append({"cycle": c, "n_labelled": g["labelled"][c], **(p or {"n": 0})})
     same = g["labelled"] == base["labelled"]
-    return {"cycles": cyc, "aubc": _paired(a["aubc"], b["aubc"]) if same else None}
+    return {"cycles": cyc, "same_schedule": same, "aubc": _paired(a["aubc"], b["aubc"]) if same else None}
 
 
 def _pm(est: dict | None) -> str:
@@ -930,7 +930,7 @@ def _pair_row(group: str, vs: str, comparison: dict, ncyc: int, than: str) -> st
     aubc_diff = comparison["aubc"]
     text, resolved = _diff_cell(aubc_diff)
     if aubc_diff is None:
-        verdict = "no finished pair"
+        verdict = "no finished pair" if comparison.get("same_schedule", True) else "schedules differ: no AUBC difference"
     elif resolved:
         verdict = f"{'better' if aubc_diff['mean_diff'] > 0 else 'worse'} than {than}"
     else:
