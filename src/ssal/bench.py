@@ -359,7 +359,7 @@ def _check_compare(path: Path, raw: Any, runs: list[GridRun]) -> list[tuple[str,
         ra, rb = first[a], first[b]
         if str(ra.cfg.dataset) != str(rb.cfg.dataset):
             raise SsalError(f"{path}: {where}: '{a}' and '{b}' use different datasets ({ra.cfg.dataset} vs {rb.cfg.dataset})")
-        if _schedule(ra.cfg)[0] != _schedule(rb.cfg)[0]:
+        if int(ra.cfg.initial) != int(rb.cfg.initial):
             raise SsalError(
                 f"{path}: {where}: '{a}' and '{b}' start at different label counts ({ra.cfg.initial} vs {rb.cfg.initial}); "
                 "paired cycles need the same schedule"
@@ -899,29 +899,29 @@ def summary_markdown(summary: dict) -> str:
             )
         compared = [g for g in groups if g["vs_baseline"]]
         if compared:
-            lines += [
-                "",
+            lines += _pair_table(
                 "Paired differences against random of the same dataset and mode (percentage points, same seeds, so the same initial sets): "
                 "mean difference +- 95% CI half-width (paired t); n.r. = not resolved by the seeds (the CI contains 0).",
-                "",
-                "| group | vs | seeds | " + " | ".join(f"cycle {c}" for c in range(ncyc)) + " | AUBC | verdict (AUBC) |",
-                "|---|---|---|" + "---:|" * (ncyc + 1) + "---|",
-            ]
-            lines += [_pair_row(g["group"], g["vs_baseline"]["baseline"], g["vs_baseline"], ncyc, "random") for g in compared]
+                ncyc,
+                [_pair_row(g["group"], g["vs_baseline"]["baseline"], g["vs_baseline"], ncyc, "random") for g in compared],
+            )
         names = {g["group"] for g in groups}
         asked = [c for c in summary.get("comparisons", []) if c["group"] in names]
         if asked:
-            lines += [
-                "",
+            lines += _pair_table(
                 "Paired differences asked for by the grid's `compare` (group - vs, percentage points, same seeds): "
                 "mean difference +- 95% CI half-width (paired t); n.r. = not resolved by the seeds. "
                 "Cycles are paired while both schedules have the same label count; AUBC only for equal schedules.",
-                "",
-                "| group | vs | seeds | " + " | ".join(f"cycle {c}" for c in range(ncyc)) + " | AUBC | verdict (AUBC) |",
-                "|---|---|---|" + "---:|" * (ncyc + 1) + "---|",
-            ]
-            lines += [_pair_row(c["group"], c["vs"], c, ncyc, c["vs"]) for c in asked]
+                ncyc,
+                [_pair_row(c["group"], c["vs"], c, ncyc, c["vs"]) for c in asked],
+            )
     return "\n".join(lines) + "\n"
+
+
+def _pair_table(intro: str, ncyc: int, rows: list[str]) -> list[str]:
+    """The lines of a paired-difference table: its explanation, header and ``rows``."""
+    header = "| group | vs | seeds | " + " | ".join(f"cycle {c}" for c in range(ncyc)) + " | AUBC | verdict (AUBC) |"
+    return ["", intro, "", header, "|---|---|---|" + "---:|" * (ncyc + 1) + "---|", *rows]
 
 
 def _pair_row(group: str, vs: str, comparison: dict, ncyc: int, than: str) -> str:

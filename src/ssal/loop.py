@@ -192,7 +192,7 @@ class Experiment:
         return records
 
     # -- one cycle ------------------------------------------------------------
-    def _check_model(self, splits: Splits):
+    def _check_model(self, splits: Splits) -> tuple[dict[str, torch.Tensor], dict, Path] | None:
         """Build the network (and SSL branch) once to fail early on a bad
         config; returns the loaded ``train.init_backbone`` (or None) so it is
         read once."""
