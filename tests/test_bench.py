@@ -219,6 +219,31 @@ def test_summary_statistics_on_hand_made_results(tmp_path):
     assert c["vs_baseline"]["aubc"]["seeds"] == [0, 1]
 
 
+def test_random_baseline_must_share_every_setting_but_the_strategy(tmp_path):
+    """A variant's random baseline is the random group whose config differs
+    only in the strategy: a random row fine-tuned longer (other variant
+    settings, not a grid axis) is no baseline for a CoreSet row trained less."""
+    grid_file = write_grid(
+        tmp_path,
+        grid={"seed": [0, 1]},
+        variants={
+            "coreset-short": ["strategy=coreset", "train.epochs=1"],
+            "coreset-long": ["strategy=coreset", "train.epochs=2"],
+            "random-long": ["strategy=random", "train.epochs=2"],
+            "bald-long": ["strategy=bald", "strategy_options.passes=3", "train.epochs=2"],
+        },
+        run_name="{variant}-seed{seed}",
+    )
+    for v in ("coreset-short", "coreset-long", "random-long", "bald-long"):
+        for k in (0, 1):
+            fake_run(tmp_path / "out" / f"{v}-seed{k}", [0.5, 0.6 + 0.01 * k])
+    g = {x["group"]: x for x in summarise(load_grid(grid_file))["groups"]}
+    assert g["coreset-long"]["baseline"] == "random-long"
+    assert g["bald-long"]["baseline"] == "random-long"  # strategy options do not matter
+    assert g["coreset-short"]["baseline"] is None and g["coreset-short"]["vs_baseline"] is None
+    assert g["coreset-short"]["target"] is None
+
+
 def test_compare_pairs_any_two_groups_seed_by_seed(tmp_path):
     """``compare:`` pairs groups no random baseline covers (e.g. joint against
     supervised): hand-computed paired differences, cycles paired only while the

@@ -21,8 +21,8 @@ Each run is one :func:`ssal.loop.run_experiment` in ``<out>/<run name>``; the
 default run name is ``<dataset>-<mode>-<strategy>[-<variant>][-<other axis
 values>]-seed<k>``. A *group* is the set of runs that differ only in the seed;
 the summary (``<out>/summary.md``, ``<out>/summary.json``, ``<out>/curves.png``)
-has one row per group, and compares every group with the ``random`` group of
-the same dataset and training mode, seed by seed (:mod:`ssal.stats`), and
+has one row per group, and compares every group with the ``random`` group
+whose config differs only in the strategy, seed by seed (:mod:`ssal.stats`), and
 each ``compare`` pair the same way (e.g. a joint-training group against a
 supervised one, which no random baseline covers).
 
@@ -708,14 +708,20 @@ def _schedule(cfg: DictConfig) -> list[int]:
     return [int(cfg.initial) + int(cfg.budget) * c for c in range(int(cfg.cycles))]
 
 
-def _context(grid: Grid, run: GridRun) -> tuple:
-    """What a group and its random baseline must share: dataset, training mode,
-    label schedule and the values of every axis that is not about the strategy."""
-    cfg = run.cfg
-    others = tuple(
-        (k, json.dumps(v, sort_keys=True)) for k, v in run.axes.items() if k not in ("seed", "strategy") and not k.startswith("strategy_options")
-    )
-    return (str(cfg.dataset), str(cfg.train.mode), tuple(_schedule(cfg)), others)
+# Settings that say which strategy picks, or how and where a run executes; a
+# group and its random baseline must agree on everything else.
+_NOT_CONTEXT = ("seed", "strategy", "strategy_options", "out", "plot", "threads", "device", "log")
+
+
+def _context(run: GridRun) -> str:
+    """What a group and its random baseline must share: the whole resolved
+    config except the seed, the strategy and its options, and where and how
+    the run executes (so the training mode, SSL encoder, steps, schedule and
+    dataset all match)."""
+    cfg = OmegaConf.to_container(run.cfg, resolve=True)
+    for key in _NOT_CONTEXT:
+        cfg.pop(key, None)
+    return json.dumps(cfg, sort_keys=True, default=str)
 
 
 def summarise(grid: Grid, target: float | None = None) -> dict:
@@ -729,10 +735,9 @@ def summarise(grid: Grid, target: float | None = None) -> dict:
     the group's random baseline). Every non-random group is compared with its
     random baseline seed by seed (:func:`ssal.stats.paired_difference`).
 
-    The baseline of a group is the ``random`` group with the same dataset,
-    training mode, label schedule and values of the non-strategy axes; of
-    several (e.g. one per variant) the one with the same variant, else the
-    first in grid order.
+    The baseline of a group is the ``random`` group whose resolved config
+    differs only in the strategy, its options and the seed (:func:`_context`);
+    of several, the one with the same variant, else the first in grid order.
     """
     groups: dict[str, list[GridRun]] = {}
     for run in grid.runs:
@@ -776,7 +781,7 @@ def summarise(grid: Grid, target: float | None = None) -> dict:
             "target": None,
             "vs_baseline": None,
         }
-        per_group[label] = {"runs": runs, "acc": acc, "aubc": aubcs, "context": _context(grid, runs[0])}
+        per_group[label] = {"runs": runs, "acc": acc, "aubc": aubcs, "context": _context(runs[0])}
         out_groups.append(g)
 
     by_label = {g["group"]: g for g in out_groups}
@@ -900,7 +905,7 @@ def summary_markdown(summary: dict) -> str:
         compared = [g for g in groups if g["vs_baseline"]]
         if compared:
             lines += _pair_table(
-                "Paired differences against random of the same dataset and mode (percentage points, same seeds, so the same initial sets): "
+                "Paired differences against the random group whose config differs only in the strategy (percentage points, same seeds, so the same initial sets): "
                 "mean difference +- 95% CI half-width (paired t); n.r. = not resolved by the seeds (the CI contains 0).",
                 ncyc,
                 [_pair_row(g["group"], g["vs_baseline"]["baseline"], g["vs_baseline"], ncyc, "random") for g in compared],
