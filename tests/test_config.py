@@ -26,6 +26,24 @@ def test_presets_resolve():
     assert list(moby.train.milestones) == [120, 160] and moby.seed == 3
 
 
+def test_cpu_vicreg_preset_is_the_benchmarked_row(tmp_path):
+    """The numbers quoted in the preset's comment belong to one grid row of
+    BENCHMARKS.md; the preset must resolve to exactly that row's config."""
+    from pathlib import Path
+
+    import yaml
+    from omegaconf import OmegaConf
+
+    from ssal.bench import load_grid
+
+    grid = yaml.safe_load((Path(__file__).resolve().parents[1] / "benchmarks" / "grids" / "cpu-ssl-modes-cifar10.yaml").read_text())
+    grid["out"] = str(tmp_path / "runs")  # not the checkout's run folders
+    (tmp_path / "grid.yaml").write_text(yaml.safe_dump(grid))
+    row = next(r for r in load_grid(tmp_path / "grid.yaml").runs if r.name == "pretrain-vicreg100-coreset-60ep-seed0")
+    preset = resolve_config("cpu-vicreg-cifar10", [f"dataset={row.cfg.dataset}", "seed=0", f"out={row.cfg.out}", f"threads={row.cfg.threads}"])
+    assert OmegaConf.to_container(preset) == OmegaConf.to_container(row.cfg)
+
+
 @pytest.mark.parametrize(
     "args, needle",
     [
