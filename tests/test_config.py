@@ -1,5 +1,10 @@
-import pytest
+from pathlib import Path
 
+import pytest
+import yaml
+from omegaconf import OmegaConf
+
+from ssal.bench import load_grid
 from ssal.config import preset_names, resolve_config, validate_against_pool
 from ssal.errors import SsalError
 
@@ -29,13 +34,6 @@ def test_presets_resolve():
 def test_cpu_vicreg_preset_is_the_benchmarked_row(tmp_path):
     """The numbers quoted in the preset's comment belong to one grid row of
     BENCHMARKS.md; the preset must resolve to exactly that row's config."""
-    from pathlib import Path
-
-    import yaml
-    from omegaconf import OmegaConf
-
-    from ssal.bench import load_grid
-
     grid = yaml.safe_load((Path(__file__).resolve().parents[1] / "benchmarks" / "grids" / "cpu-ssl-modes-cifar10.yaml").read_text())
     grid["out"] = str(tmp_path / "runs")  # not the checkout's run folders
     (tmp_path / "grid.yaml").write_text(yaml.safe_dump(grid))

@@ -710,7 +710,7 @@ def _schedule(cfg: DictConfig) -> list[int]:
 
 # Settings that say which strategy picks, or how and where a run executes; a
 # group and its random baseline must agree on everything else.
-_NOT_CONTEXT = ("seed", "strategy", "strategy_options", "out", "plot", "threads", "device", "log")
+_NOT_CONTEXT = _RUNTIME_ONLY + ("device", "log", "seed", "strategy", "strategy_options")
 
 
 def _context(run: GridRun) -> str:
@@ -721,7 +721,7 @@ def _context(run: GridRun) -> str:
     cfg = OmegaConf.to_container(run.cfg, resolve=True)
     for key in _NOT_CONTEXT:
         cfg.pop(key, None)
-    return json.dumps(cfg, sort_keys=True, default=str)
+    return json.dumps(cfg, sort_keys=True)
 
 
 def summarise(grid: Grid, target: float | None = None) -> dict:
