@@ -37,7 +37,7 @@ def test_cpu_vicreg_preset_is_the_benchmarked_row(tmp_path):
     grid = yaml.safe_load((Path(__file__).resolve().parents[1] / "benchmarks" / "grids" / "cpu-ssl-modes-cifar10.yaml").read_text())
     grid["out"] = str(tmp_path / "runs")  # not the checkout's run folders
     (tmp_path / "grid.yaml").write_text(yaml.safe_dump(grid))
-    row = next(r for r in load_grid(tmp_path / "grid.yaml").runs if r.name == "pretrain-vicreg100-coreset-60ep-seed0")
+    row = next(r for r in load_grid(tmp_path / "grid.yaml").runs if r.name == "pretrain-vicreg120-coreset-60ep-seed0")
     preset = resolve_config("cpu-vicreg-cifar10", [f"dataset={row.cfg.dataset}", "seed=0", f"out={row.cfg.out}", f"threads={row.cfg.threads}"])
     assert OmegaConf.to_container(preset) == OmegaConf.to_container(row.cfg)
 
