@@ -17,6 +17,7 @@ from ssal.augment import StrongView, TestView, WeakView, channel_stats
 from ssal.config import resolve_config
 from ssal.data import load_dataset
 from ssal.data.oracle import ActivePool
+from ssal.errors import SsalError
 from ssal.loop import run_experiment
 from ssal.models import build_model
 from ssal.ssl import build_ssl
@@ -390,12 +391,15 @@ def test_strong_strong_views_still_train_the_classifier_on_a_weak_view(tmp_path)
 
 def test_joint_mode_with_every_ssl_method(tmp_path):
     """Every registered method plugs into joint training (rotation: one view,
-    the classifier on its own weak view; PCL: no prototypes before its warm-up)."""
+    the classifier on its own weak view). PCL is refused: its clustering step
+    runs only in SSL pretraining, so in joint mode it would be plain InfoNCE."""
     from ssal.ssl import SSL_METHODS
 
-    for name in SSL_METHODS:
+    with pytest.raises(SsalError, match="ssl.method=pcl.*pretraining only"):
+        run(tmp_path, "pcl", [*TINY, "train.mode=joint", "ssl.method=pcl", "cycles=1", "initial=20"])
+    for name in sorted(set(SSL_METHODS) - {"pcl"}):
         opts = ["ssl.options.hidden_dim=16"]
-        if name in ("moby", "mocov2", "pcl"):
+        if name in ("moby", "mocov2"):
             opts.append("ssl.options.queue_size=64")
         if name == "rotation":
             opts = []
