@@ -395,7 +395,7 @@ def test_joint_mode_with_every_ssl_method(tmp_path):
     runs only in SSL pretraining, so in joint mode it would be plain InfoNCE."""
     from ssal.ssl import SSL_METHODS
 
-    with pytest.raises(SsalError, match="ssl.method=pcl.*pretraining only"):
+    with pytest.raises(SsalError, match="ssl.method=pcl.*per-epoch step"):
         run(tmp_path, "pcl", [*TINY, "train.mode=joint", "ssl.method=pcl", "cycles=1", "initial=20"])
     for name in sorted(set(SSL_METHODS) - {"pcl"}):
         opts = ["ssl.options.hidden_dim=16"]
