@@ -384,6 +384,68 @@ def test_fixed_steps_per_cycle_in_every_trainer(sample):
     assert (s.epochs, j.epochs, h.epochs) == (3, 2, 3)  # ceil(7 / 3), ceil(7 / 6), ceil(7 / 3)
 
 
+def test_joint_pcl_runs_its_e_step_on_each_epochs_images(sample):
+    """PCL in joint mode: before every epoch the E-step clusters that epoch's
+    images (the labelled ones, then the unlabelled draw) un-augmented, and every
+    batch passes its positions in that order, so each image's prototype is its
+    own cluster and the prototype term is in the loss."""
+    from ssal.ssl.pcl import PCL
+
+    cfg = resolve_config(None, [*TINY, "train.epochs=2", "train.batch_size=16"]).train
+    torch.manual_seed(0)
+    model = build_model("smallcnn", 10, 1, width=8)
+    mean, std = channel_stats(sample.images[:500])
+    images, labels, pool = sample.images[:40], sample.labels[:40], sample.images[40:300]
+    prepare = TestView(mean, std)
+    seen: dict[str, list] = {"epoch_images": [], "index": [], "proto": []}
+
+    drawn: list[torch.Tensor] = []
+
+    class Spy(PCL):
+        def epoch_start(self, epoch, batches):
+            mark = len(drawn)
+            seen["starts"] = seen.get("starts", []) + [mark]
+            seen["epoch_images"].append(torch.cat(list(batches())))
+            seen["estep_positions"] = seen.get("estep_positions", []) + [torch.cat(drawn[mark:])]
+            super().epoch_start(epoch, batches)
+            seen["index"].append([])
+            seen["marks"] = seen.get("marks", []) + [len(drawn)]
+
+        def forward(self, views, update=True, index=None):
+            seen["index"][-1].append(index.clone())
+            seen["proto"].append(self.has_prototypes)
+            return super().forward(views, update, index)
+
+    method = Spy(model.backbone, model.feat_dim, hidden_dim=16, proj_dim=8, queue_size=64, warmup_epochs=1, num_clusters=[3])
+
+    def unlabelled(pos):
+        drawn.append(pos.clone())
+        return pool[pos]
+
+    views = (WeakView(mean, std), StrongView(mean, std))
+    with pytest.raises(ValueError, match="needs prepare="):
+        train_mod.train_joint(model, method, images, labels, unlabelled, len(pool), cfg, views, torch.Generator().manual_seed(0), torch.device("cpu"), progress=False)
+    stats = train_mod.train_joint(
+        model, method, images, labels, unlabelled, len(pool), cfg, views,
+        torch.Generator().manual_seed(0), torch.device("cpu"), prepare=prepare, progress=False,
+    )
+    assert stats.epochs == 2 and len(seen["epoch_images"]) == 2
+    # epoch 0 is warm-up (InfoNCE only); epoch 1 has prototypes of the epoch's 80 images
+    assert seen["proto"] == [False] * 6 + [True] * 6
+    assert [int(a.numel()) for a in method.assignments] == [80]
+    for e in range(2):
+        idx = torch.sort(torch.cat(seen["index"][e])).values
+        assert torch.equal(idx, torch.arange(80)), "each epoch image is trained once, at its position"
+        # the E-step read un-augmented images: the labelled ones, then the epoch's unlabelled draw ...
+        upos = seen["estep_positions"][e]
+        assert upos.numel() == 40 and torch.equal(seen["epoch_images"][e][:40], prepare(images))
+        assert torch.equal(seen["epoch_images"][e][40:], prepare(pool[upos]))
+        # ... which the epoch's unlabelled batches then train on, in that order
+        end = seen["starts"][e + 1] if e == 0 else len(drawn)
+        assert torch.equal(torch.cat(drawn[seen["marks"][e] : end]), upos)
+    assert not torch.equal(seen["estep_positions"][0], seen["estep_positions"][1])
+
+
 def test_strong_strong_views_still_train_the_classifier_on_a_weak_view(tmp_path):
     records = run(tmp_path, "ss", [*JOINT, "ssl.views=strong_strong", "cycles=1"])
     assert records[0]["train_steps"] == 4 and 0 <= records[0]["test_acc"] <= 1
@@ -391,16 +453,15 @@ def test_strong_strong_views_still_train_the_classifier_on_a_weak_view(tmp_path)
 
 def test_joint_mode_with_every_ssl_method(tmp_path):
     """Every registered method plugs into joint training (rotation: one view,
-    the classifier on its own weak view). PCL is refused: its clustering step
-    runs only in SSL pretraining, so in joint mode it would be plain InfoNCE."""
+    the classifier on its own weak view; PCL: its E-step runs every epoch)."""
     from ssal.ssl import SSL_METHODS
 
-    with pytest.raises(SsalError, match="ssl.method=pcl.*per-epoch step"):
-        run(tmp_path, "pcl", [*TINY, "train.mode=joint", "ssl.method=pcl", "cycles=1", "initial=20"])
-    for name in sorted(set(SSL_METHODS) - {"pcl"}):
+    for name in sorted(SSL_METHODS):
         opts = ["ssl.options.hidden_dim=16"]
-        if name in ("moby", "mocov2"):
+        if name in ("moby", "mocov2", "pcl"):
             opts.append("ssl.options.queue_size=64")
+        if name == "pcl":
+            opts += ["ssl.options.warmup_epochs=0", "ssl.options.num_clusters=[3]"]
         if name == "rotation":
             opts = []
         records = run(tmp_path, name, [*TINY, "train.mode=joint", f"ssl.method={name}", *opts, "cycles=1", "initial=20"])

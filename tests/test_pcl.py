@@ -72,11 +72,14 @@ def test_concentration_all_singletons_is_the_temperature() -> None:
 # -- ProtoNCE (Eq. 11) ------------------------------------------------------------
 
 
-def _loop_proto(q, c, phi, pos, neg) -> list[float]:
+def _loop_proto(q, c, phi, pos, neg, batch_prototypes=True) -> list[float]:
+    """Each row: its own prototype first, then the negatives - the batch's other
+    distinct clusters (with ``batch_prototypes``) and the sampled ones."""
     out = []
     for i in range(q.shape[0]):
+        others = sorted(set(pos.tolist()) - {int(pos[i])}) if batch_prototypes else []
         logits = [float(q[i] @ c[pos[i]]) / float(phi[pos[i]])]
-        logits += [float(q[i] @ c[j]) / float(phi[j]) for j in neg.tolist()]
+        logits += [float(q[i] @ c[j]) / float(phi[j]) for j in others + neg.tolist()]
         out.append(-logits[0] + math.log(sum(math.exp(v) for v in logits)))
     return out
 
@@ -93,6 +96,16 @@ def test_proto_term_equals_a_loop() -> None:
     got = proto_loss(q, c, phi, pos, neg, "none")
     assert torch.allclose(got, want, atol=1e-10)
     assert float(proto_loss(q, c, phi, pos, neg)) == pytest.approx(float(want.mean()))
+    # Eq. 11 literally: own prototype and the sampled negatives only
+    strict = torch.tensor(_loop_proto(q, c, phi, pos, neg, batch_prototypes=False), dtype=torch.float64)
+    assert torch.allclose(proto_loss(q, c, phi, pos, neg, "none", batch_prototypes=False), strict, atol=1e-10)
+    assert bool((got > strict).all())  # more negatives, a larger loss (rows 0-1 see clusters 2 and 5, ...)
+    # a batch that uses every cluster: no sampled negative is left, but the in-batch ones still give a loss
+    full = torch.tensor([0, 1, 2, 3])
+    none = sample_negatives(full, 4, 5)
+    assert none.numel() == 0
+    assert bool((proto_loss(q, c[:4], phi[:4], full, none, "none") > 0.1).all())
+    assert torch.allclose(proto_loss(q, c[:4], phi[:4], full, none, "none", batch_prototypes=False), torch.zeros(4, dtype=torch.float64))
 
 
 def test_proto_nce_loss_is_infonce_plus_mean_of_granularities() -> None:
@@ -130,7 +143,7 @@ def test_negatives_never_include_a_batch_cluster() -> None:
     none = sample_negatives(torch.tensor([0, 1, 2]), 3, 4, g)
     assert none.numel() == 0
     q = F.normalize(torch.randn(3, 2), dim=1)
-    assert torch.allclose(proto_loss(q, F.normalize(torch.randn(3, 2), dim=1), torch.ones(3), torch.tensor([0, 1, 2]), none, "none"), torch.zeros(3))
+    assert torch.allclose(proto_loss(q, F.normalize(torch.randn(3, 2), dim=1), torch.ones(3), torch.tensor([0, 1, 2]), none, "none", batch_prototypes=False), torch.zeros(3))
 
 
 def test_negative_draw_is_uniform() -> None:

@@ -241,11 +241,6 @@ def validate(cfg: DictConfig) -> None:
     need(s.image_size == 0 or s.image_size >= 8, "ssl.image_size", s.image_size, "must be 0 (native) or >= 8")
     need(s.multicrop >= 0, "ssl.multicrop", s.multicrop, "must be >= 0")
     need(s.multicrop == 0 or t.mode != "joint", "ssl.multicrop", s.multicrop, "small crops are for SSL pretraining (pretrain / frozen modes, ssal pretrain), not joint training")
-    if t.mode == "joint":  # joint training runs no per-epoch hook (PCL's clustering E-step): refuse methods that need one
-        from .ssl import SSL_METHODS, SSLMethod
-
-        cls = SSL_METHODS.get(str(s.method))
-        need(cls is None or cls.epoch_start is SSLMethod.epoch_start, "ssl.method", s.method, "its per-epoch step (PCL: clustering) runs in SSL pretraining only (pretrain / frozen modes, ssal pretrain); joint training would silently skip it")
     need(s.multicrop_size >= 8, "ssl.multicrop_size", s.multicrop_size, "must be >= 8")
     sc = list(s.multicrop_scale)
     need(len(sc) == 2 and 0 < sc[0] <= sc[1] <= 1, "ssl.multicrop_scale", sc, "must be [low, high] with 0 < low <= high <= 1")

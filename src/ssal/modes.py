@@ -283,6 +283,7 @@ def train_cycle(
             lambda_c=float(cfg.ssl.lambda_c),
             low_loss_fraction=float(cfg.ssl.low_loss_fraction),
             classifier_view=WeakView(md.mean, md.std) if cfg.ssl.views == "strong_strong" else None,
+            prepare=md.prepare,
             progress=md.progress,
             desc=desc,
             on_epoch=md.on_epoch,

@@ -16,6 +16,7 @@ import math
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Callable
 
 import torch
@@ -303,6 +304,28 @@ def ssl_sample_losses(
     return torch.cat(out) if out else torch.empty(0)
 
 
+def _epoch_images(
+    images: torch.Tensor,
+    unlabelled_images: Callable[[torch.Tensor], torch.Tensor],
+    upos: torch.Tensor,
+    prepare: View,
+    device: torch.device,
+    batch_size: int,
+    fmt: torch.memory_format,
+) -> Callable[[], Iterator[torch.Tensor]]:
+    """``batches()`` for a per-epoch SSL step in joint training: the labelled
+    ``images`` then the unlabelled ones at ``upos``, un-augmented, in chunks of
+    ``batch_size`` (the unlabelled ones fetched chunk by chunk)."""
+
+    def it() -> Iterator[torch.Tensor]:
+        for s in range(0, int(images.shape[0]), batch_size):
+            yield prepare(images[s : s + batch_size].to(device)).contiguous(memory_format=fmt)
+        for s in range(0, int(upos.numel()), batch_size):
+            yield prepare(unlabelled_images(upos[s : s + batch_size]).to(device)).contiguous(memory_format=fmt)
+
+    return it
+
+
 def train_joint(
     model: torch.nn.Module,
     method: "SSLMethod",
@@ -317,6 +340,7 @@ def train_joint(
     lambda_c: float = 0.5,
     low_loss_fraction: float = 1.0,
     classifier_view: View | None = None,
+    prepare: View | None = None,
     progress: bool = True,
     desc: str = "train",
     on_epoch: EpochCallback | None = None,
@@ -335,6 +359,13 @@ def train_joint(
     label can reach the trainer. The SSL state (queues, momentum target) is
     updated after both kinds of batch.
 
+    Methods with a per-epoch step (they override :meth:`SSLMethod.epoch_start`:
+    PCL's E-step) get it before every epoch, over that epoch's images: the
+    labelled images (positions ``0..n-1``) then the epoch's unlabelled draw
+    (positions ``n..``), un-augmented through ``prepare`` (required for them),
+    and each batch's positions as ``index``. So PCL clusters exactly the images
+    it trains on in the epoch, at the cost of one momentum-encoder pass over them.
+
     ``low_loss_fraction`` < 1 is the paper's remedy for distribution shift: each
     epoch scores ``len(images) / low_loss_fraction`` random unlabelled images by
     their SSL loss (no state change) and trains on the ``len(images)`` lowest.
@@ -345,6 +376,11 @@ def train_joint(
     """
     if method.encoder is not getattr(model, "backbone", None):
         raise ValueError("joint training needs the SSL method built on the classifier's backbone")
+    from .ssl.base import SSLMethod  # lazily: the SSL methods pull in the clustering code
+
+    epoch_hook = type(method).epoch_start is not SSLMethod.epoch_start
+    if epoch_hook and prepare is None:
+        raise ValueError(f"joint training with {method.name} needs prepare= (its per-epoch step reads un-augmented images)")
     start = time.perf_counter()
     n = int(images.shape[0])
     n_u = min(n, num_unlabelled)
@@ -369,11 +405,11 @@ def train_joint(
     def ssl_views(x: torch.Tensor) -> list[torch.Tensor]:
         return [v(x, generator).contiguous(memory_format=fmt) for v in views[: max(method.num_views, 1)]]
 
-    def one_step(x: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
+    def one_step(x: torch.Tensor, y: torch.Tensor | None, index: torch.Tensor) -> torch.Tensor:
         nonlocal step
         vs = ssl_views(x)
         with stepper.autocast():
-            out = method(vs, update=True)
+            out = method(vs, update=True, index=index if epoch_hook else None)
             loss = lambda_c * out.loss
             if y is not None:
                 if out.features is not None and classifier_view is None:
@@ -403,14 +439,18 @@ def train_joint(
                 upos = upos[torch.randperm(n_u, generator=generator)]
             else:
                 upos = torch.randperm(num_unlabelled, generator=generator)[:n_u]
+        if epoch_hook:
+            method.epoch_start(epoch, _epoch_images(images, unlabelled_images, upos, prepare, device, cfg.eval_batch_size, fmt))
+            method.train()
         for b in range(max(spe, spe_u)):
             if step >= total:
                 break
             if b < spe:
                 idx = perm[b * bs : (b + 1) * bs]
-                loss = one_step(images[idx], labels[idx])
+                loss = one_step(images[idx], labels[idx], idx)
             if b < spe_u and step < total:
-                loss = one_step(unlabelled_images(upos[b * bs : (b + 1) * bs]).to(device), None)
+                upos_b = torch.arange(b * bs, min((b + 1) * bs, n_u))
+                loss = one_step(unlabelled_images(upos[upos_b]).to(device), None, (n + upos_b).to(device))
             if b % 5 == 0:
                 loss_val = float(loss.detach())
                 bar.set_postfix(loss=f"{loss_val:.3f}", refresh=False)

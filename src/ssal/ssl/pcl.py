@@ -13,7 +13,8 @@ prototypes found by an EM loop:
 - M-step (:meth:`PCL.forward`): ProtoNCE (Eq. 11) =
   ``InfoNCE + (1/M) sum_m CE([v.c_pos / phi_pos, v.c_neg_1..r / phi_neg], 0)``
   with the r negative prototypes drawn uniformly without replacement from the
-  clusters not assigned to any image of the batch.
+  clusters not assigned to any image of the batch, and (by default) the
+  batch's other clusters as negatives too (see below).
 
 As :class:`~ssal.ssl.mocov2.MoCoV2` in this repository the loss is symmetrised
 over the two views (each view is the query once against the other view's key;
@@ -22,8 +23,12 @@ both keys enter one queue), and the prototype term is added for both queries
 
 Differences from the released code (github.com/salesforce/PCL), all documented:
 the released prototype logits hold the positive prototypes of *every* image of
-the batch (label = row index) plus r negatives; here each row has its own
-positive and the r shared negatives, as the paper's Eq. 11 and METHODS.md say.
+the batch (label = row index) plus r negatives, so a cluster used by several
+images appears several times; here (``batch_prototypes=True``, the default)
+each row scores the batch's *distinct* clusters plus the r shared negatives,
+its own cluster the target. ``batch_prototypes=False`` is the paper's Eq. 11
+and METHODS.md's literal form: its own positive and the r negatives only,
+which at CIFAR's 50 clusters and batches of 256 leaves almost no negative.
 The released k-means is L2 k-means (5 restarts) whose centroids are normalised
 afterwards; here it is spherical k-means (faiss, one run), so the concentration
 is measured to the unit centroids the loss uses.
@@ -154,7 +159,13 @@ def sample_negatives(
 
 
 def proto_loss(
-    q: Tensor, centroids: Tensor, phi: Tensor, pos_assign: Tensor, neg_ids: Tensor, reduction: str = "mean"
+    q: Tensor,
+    centroids: Tensor,
+    phi: Tensor,
+    pos_assign: Tensor,
+    neg_ids: Tensor,
+    reduction: str = "mean",
+    batch_prototypes: bool = True,
 ) -> Tensor:
     """One granularity's prototype term of ProtoNCE (PCL Eq. 11, second sum):
     ``CE([q.c_pos / phi_pos, q.c_neg_1 / phi_neg_1, ..., q.c_neg_r / phi_neg_r], 0)``.
@@ -163,11 +174,24 @@ def proto_loss(
     concentrations; pos_assign: (B,) each query's cluster; neg_ids: (r,) negative
     prototype ids shared by the batch (:func:`sample_negatives`). reduction
     ``"none"`` gives the (B,) per-sample losses.
+
+    ``batch_prototypes`` (default) also scores each query against the *other*
+    clusters the batch uses, each once: the candidates are the batch's distinct
+    clusters plus the r sampled ones, as in the released code (which repeats a
+    cluster once per image that uses it; here each appears once). With the
+    paper's strict form (``False``) the negatives are only clusters unused by
+    the batch, and at CIFAR's coarse granularities (50 clusters, batches of
+    256) almost none are left, so the term is about zero.
     """
     c = centroids.to(device=q.device)
     p = phi.to(device=q.device)
     pos_assign = pos_assign.to(q.device).long()
     neg_ids = neg_ids.to(q.device).long()
+    if batch_prototypes:
+        used, target = torch.unique(pos_assign, return_inverse=True)
+        cand = torch.cat([used, neg_ids])
+        logits = (q @ c[cand].to(q.dtype).t()) / p[cand].to(q.dtype).unsqueeze(0)
+        return F.cross_entropy(logits, target, reduction=reduction)
     pos = (q * c[pos_assign].to(q.dtype)).sum(1, keepdim=True) / p[pos_assign].unsqueeze(1)
     neg = (q @ c[neg_ids].to(q.dtype).t()) / p[neg_ids].unsqueeze(0)
     logits = torch.cat([pos, neg.to(pos.dtype)], 1)
@@ -187,6 +211,7 @@ def proto_nce_loss(
     num_negatives: int = 16000,
     generator: torch.Generator | None = None,
     reduction: str = "mean",
+    batch_prototypes: bool = True,
 ) -> Tensor:
     """ProtoNCE for one query direction (PCL Eq. 11):
     ``InfoNCE(q, k, queue) + (1/M) sum_m proto_loss(q, c_m, phi_m, assign_m[index], negatives_m)``.
@@ -194,7 +219,8 @@ def proto_nce_loss(
     prototypes_list / phis_list / assignments_list: per granularity m, the (k_m, D)
     unit centroids, (k_m,) concentrations and (N,) cluster id of every training
     image; index: (B,) the batch's positions in the training set. Negatives are
-    drawn per granularity with :func:`sample_negatives` from ``generator``.
+    drawn per granularity with :func:`sample_negatives` from ``generator``;
+    ``batch_prototypes`` as in :func:`proto_loss`.
     With no granularity this is plain InfoNCE (the warm-up loss).
     """
     per = info_nce(q, k, queue, temperature, "none")
@@ -202,7 +228,7 @@ def proto_nce_loss(
     for c, phi, assign in zip(prototypes_list, phis_list, assignments_list):
         pos = assign.to(index.device)[index].to(q.device)
         neg = sample_negatives(pos, int(c.shape[0]), num_negatives, generator)
-        per = per + proto_loss(q, c, phi, pos, neg, "none") / m_count
+        per = per + proto_loss(q, c, phi, pos, neg, "none", batch_prototypes) / m_count
     if reduction == "none":
         return per
     if reduction == "mean":
@@ -235,7 +261,8 @@ class PCL(MoCoV2):
     (:func:`auto_num_clusters`: N/1000, N/500, N/250 rounded, 50/100/200 on
     CIFAR's 50k images); ``warmup_epochs`` InfoNCE-only epochs (no E-step before
     epoch ``warmup_epochs``, 0-based); ``num_negatives`` r, capped to the clusters
-    available; ``alpha`` of Eq. 12; ``kmeans_niter``; ``seed`` for k-means and
+    available; ``batch_prototypes`` also scores the batch's other clusters
+    (:func:`proto_loss`; ``False``: Eq. 11's unused clusters only); ``alpha`` of Eq. 12; ``kmeans_niter``; ``seed`` for k-means and
     the negative draws. The momentum is constant (``momentum_base ==
     momentum_final == momentum``), as in PCL.
 
@@ -263,6 +290,7 @@ class PCL(MoCoV2):
         alpha: float = 10.0,
         kmeans_niter: int = 20,
         seed: int = 0,
+        batch_prototypes: bool = True,
     ) -> None:
         if temperature <= 0:
             raise ValueError(f"temperature must be positive, got {temperature}")
@@ -281,6 +309,7 @@ class PCL(MoCoV2):
         self.alpha = float(alpha)
         self.kmeans_niter = int(kmeans_niter)
         self.seed = int(seed)
+        self.batch_prototypes = bool(batch_prototypes)
         self.epoch = -1
         self.centroids: list[Tensor] = []
         self.phis: list[Tensor] = []
@@ -375,7 +404,7 @@ class PCL(MoCoV2):
             for c, phi, assign in zip(self.centroids, self.phis, self.assignments):
                 pos = assign[index.to(assign.device)].to(q1.device)
                 neg = sample_negatives(pos, int(c.shape[0]), self.num_negatives, g)
-                term = proto_loss(q1, c, phi, pos, neg, "none") + proto_loss(q2, c, phi, pos, neg, "none")
+                term = proto_loss(q1, c, phi, pos, neg, "none", self.batch_prototypes) + proto_loss(q2, c, phi, pos, neg, "none", self.batch_prototypes)
                 per = per + term / m_count
         if update:
             self.queue.enqueue(torch.cat([k1, k2]))
