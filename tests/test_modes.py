@@ -217,6 +217,30 @@ def test_low_loss_filter_trains_on_the_lowest_ssl_loss_unlabelled_images(sample)
     assert set(used.tolist()) <= set(scored.tolist())
 
 
+def test_low_loss_filter_keeps_the_lowest_scores_not_the_highest(sample, monkeypatch):
+    """With known scores (decreasing along the candidate order) the images kept
+    are exactly the candidates with the lowest scores, the last half."""
+    model, method, views, _ = tiny_joint(sample)
+    cfg = resolve_config(None, [*TINY, "train.batch_size=16", "train.epochs=1"]).train
+    pool = sample.images[16:400]
+    calls = []
+
+    def unlabelled(pos):
+        calls.append(pos.clone())
+        return pool[pos]
+
+    def scores(method, images, *args):
+        return torch.arange(int(images.shape[0]), 0, -1, dtype=torch.float32)
+
+    monkeypatch.setattr(train_mod, "ssl_sample_losses", scores)
+    train_mod.train_joint(
+        model, method, sample.images[:16], sample.labels[:16], unlabelled, len(pool), cfg, views,
+        torch.Generator().manual_seed(0), torch.device("cpu"), low_loss_fraction=0.5, progress=False,
+    )
+    scored, used = calls[0], calls[1]
+    assert set(used.tolist()) == set(scored[16:].tolist())
+
+
 # -- pretraining: cache, resume, frozen ------------------------------------------
 
 PRE = [*TINY, "ssl.method=byol", "ssl.epochs=2", "ssl.batch_size=64", "ssl.options.hidden_dim=32", "ssl.options.proj_dim=16"]
@@ -444,6 +468,41 @@ def test_joint_pcl_runs_its_e_step_on_each_epochs_images(sample):
         end = seen["starts"][e + 1] if e == 0 else len(drawn)
         assert torch.equal(torch.cat(drawn[seen["marks"][e] : end]), upos)
     assert not torch.equal(seen["estep_positions"][0], seen["estep_positions"][1])
+
+
+@pytest.mark.parametrize("views_mode", ["weak_strong", "strong_strong"])
+def test_joint_classifier_reads_the_online_encoders_weak_view(sample, views_mode):
+    """MoBYv2AL: the classifier head reads the online encoder's features of the
+    weak view - the SSL branch's first view (weak_strong) or a weak view of its
+    own (strong_strong) - never a strong view."""
+    model, method, _, (mean, std) = tiny_joint(sample)
+    cfg = resolve_config(None, [*TINY, "train.batch_size=16", "train.epochs=1", "train.channels_last=false"]).train
+    made: dict[str, list] = {"weak": [], "strong": []}
+
+    def recorder(view, kind):
+        def call(x, g):
+            y = view(x, g)
+            made[kind].append(y)
+            return y
+
+        return call
+
+    weak, strong = recorder(WeakView(mean, std), "weak"), recorder(StrongView(mean, std), "strong")
+    views = (weak, strong) if views_mode == "weak_strong" else (recorder(StrongView(mean, std), "strong"), strong)
+    encoded, head_in = [], []
+    model.backbone.register_forward_hook(lambda m, i, o: encoded.append((i[0], o)))
+    model.head.register_forward_pre_hook(lambda m, i: head_in.append(i[0]))
+    train_mod.train_joint(
+        model, method, sample.images[:32], sample.labels[:32], lambda p: sample.images[100:300][p], 200, cfg, views,
+        torch.Generator().manual_seed(0), torch.device("cpu"), progress=False,
+        classifier_view=weak if views_mode == "strong_strong" else None,
+    )
+    assert len(head_in) == 2  # two labelled batches
+    for h in head_in:
+        source = [x for x, out in encoded if out is h]
+        assert len(source) == 1, "the head reads an online encoder output directly"
+        assert any(source[0] is w for w in made["weak"])
+        assert not any(source[0] is t for t in made["strong"])
 
 
 def test_strong_strong_views_still_train_the_classifier_on_a_weak_view(tmp_path):
