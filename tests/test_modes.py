@@ -279,6 +279,38 @@ def test_pretraining_key_ignores_where_and_how_often_it_saves(sample):
     assert images_fingerprint(sample.images[:100]) != images_fingerprint(sample.images[1:101])
 
 
+def test_byol_pretrains_on_its_asymmetric_view_pair_and_the_key_says_so(sample):
+    """METHODS.md sec. 3: BYOL's views differ - blur p 1.0 / 0.1, solarize p
+    0 / 0.2. On by default for byol only; the symmetric pair keeps the cache
+    keys written before the option existed."""
+    from omegaconf import OmegaConf
+
+    from ssal.pretrain import images_fingerprint, pretrain_key, pretrain_views
+
+    def pair(*over):
+        v = pretrain_views(resolve_config(None, list(over)).ssl, (0.5,), (0.25,), 2)
+        return [(x.blur_p, x.solarize_p, x.scale) for x in v]
+
+    assert pair("ssl.method=byol") == [(1.0, 0.0, (0.2, 1.0)), (0.1, 0.2, (0.2, 1.0))]
+    assert pair("ssl.method=byol", "ssl.asymmetric_views=false") == [(0.2, 0.2, (0.2, 1.0))] * 2
+    assert pair("ssl.method=vicreg") == [(0.2, 0.2, (0.2, 1.0))] * 2
+    assert pair("ssl.method=vicreg", "ssl.asymmetric_views=true")[0][:2] == (1.0, 0.0)
+    # the views differ in what they do to the same images
+    x = sample.images[:64]
+    v1, v2 = pretrain_views(resolve_config(None, ["ssl.method=byol"]).ssl, (0.5,), (0.25,), 2)
+    a, b = v1(x, torch.Generator().manual_seed(0)), v2(x, torch.Generator().manual_seed(0))
+    assert not torch.equal(a, b)
+
+    fp = images_fingerprint(sample.images[:100])
+    key = lambda s: pretrain_key(fp, "smallcnn", {"width": 8}, 1, s)  # noqa: E731
+    byol = resolve_config(None, ["ssl.method=byol"]).ssl
+    sym = resolve_config(None, ["ssl.method=byol", "ssl.asymmetric_views=false"]).ssl
+    assert key(sym) != key(byol)
+    assert key(byol) == key(resolve_config(None, ["ssl.method=byol", "ssl.asymmetric_views=true"]).ssl)
+    vic = resolve_config(None, ["ssl.method=vicreg"]).ssl
+    assert key(vic) == key({k: v for k, v in OmegaConf.to_container(vic).items() if k != "asymmetric_views"})
+
+
 def test_pretrain_and_frozen_modes_share_one_cached_pretraining(tmp_path):
     cache = f"cache_dir={tmp_path / 'cache'}"
     logs = []

@@ -71,6 +71,7 @@ class SSLConfig:
     gamma: float = 0.1
     warmup_epochs: float = 1.0
     crop_scale: float = 0.2  # smallest RandomResizedCrop area of the pretraining views
+    asymmetric_views: Optional[bool] = None  # BYOL's view pair (blur 1.0 / 0.1, solarize 0 / 0.2); null = on for byol only
     image_size: int = 0  # pretraining view size in px; 0 = native (smaller is faster on a CPU)
     multicrop: int = 0  # extra small crops per image in pretraining (SwAV's multi-crop); 0 = two views only
     multicrop_size: int = 16  # side of the small crops in px

@@ -61,6 +61,10 @@ def pretrain_key(fingerprint: str, model: str, model_kwargs: dict, in_channels: 
         ssl = {k: v for k, v in ssl.items() if not k.startswith("multicrop")}
     if not ssl.get("amp_cpu"):  # float32 on the CPU: older caches keep their keys
         ssl.pop("amp_cpu", None)
+    asymmetric = uses_asymmetric_views(ssl)
+    ssl.pop("asymmetric_views", None)
+    if asymmetric:  # the shared symmetric pair adds nothing: caches written before the option keep their keys
+        ssl["asymmetric_views"] = True
     blob = json.dumps(
         {"format": CACHE_FORMAT, "images": fingerprint, "model": model, "model_kwargs": model_kwargs, "in_channels": in_channels, "ssl": ssl},
         sort_keys=True,
@@ -68,13 +72,27 @@ def pretrain_key(fingerprint: str, model: str, model_kwargs: dict, in_channels: 
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+def uses_asymmetric_views(ssl_cfg: DictConfig | dict) -> bool:
+    """``ssl.asymmetric_views``, with ``null`` resolved: on for ``byol`` only."""
+    value = ssl_cfg.get("asymmetric_views")
+    return str(ssl_cfg.get("method")) == "byol" if value is None else bool(value)
+
+
 def pretrain_views(ssl_cfg: DictConfig, mean, std, num_views: int) -> list:
-    """Two strong views (BYOL's recipe at ``crop_scale``, output ``image_size``);
-    a weak view for single-view methods (rotation)."""
+    """Two strong views at ``crop_scale``, output ``image_size``: BYOL's
+    asymmetric pair (Grill et al. 2020, Table 6; METHODS.md sec. 3: Gaussian
+    blur p = 1.0 / 0.1, solarize p = 0 / 0.2) when :func:`uses_asymmetric_views`,
+    else the same recipe twice (blur 0.2, solarize 0.2); a weak view for
+    single-view methods (rotation)."""
     size = int(ssl_cfg.image_size) or None
     if num_views == 1:
         return [WeakView(mean, std)]
-    strong = StrongView(mean, std, scale=(float(ssl_cfg.crop_scale), 1.0), out_size=size)
+    scale = (float(ssl_cfg.crop_scale), 1.0)
+    if uses_asymmetric_views(ssl_cfg):
+        first = StrongView(mean, std, scale=scale, out_size=size, blur_p=1.0, solarize_p=0.0)
+        second = StrongView(mean, std, scale=scale, out_size=size, blur_p=0.1, solarize_p=0.2)
+        return [first, second] + [second] * (num_views - 2)
+    strong = StrongView(mean, std, scale=scale, out_size=size)
     return [strong] * num_views
 
 
