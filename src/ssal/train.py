@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass
-from collections.abc import Iterator
 from typing import TYPE_CHECKING, Callable
 
 import torch
