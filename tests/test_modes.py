@@ -443,8 +443,8 @@ def test_fixed_steps_per_cycle_in_every_trainer(sample):
 def test_joint_pcl_runs_its_e_step_on_each_epochs_images(sample):
     """PCL in joint mode: before every epoch the E-step clusters that epoch's
     images (the labelled ones, then the unlabelled draw) un-augmented, and every
-    batch passes its positions in that order, so each image's prototype is its
-    own cluster and the prototype term is in the loss."""
+    batch passes its positions in that order as ``index``, so the prototype
+    term (after the warm-up epoch) uses the right image's cluster."""
     from ssal.ssl.pcl import PCL
 
     cfg = resolve_config(None, [*TINY, "train.epochs=2", "train.batch_size=16"]).train
@@ -453,19 +453,17 @@ def test_joint_pcl_runs_its_e_step_on_each_epochs_images(sample):
     mean, std = channel_stats(sample.images[:500])
     images, labels, pool = sample.images[:40], sample.labels[:40], sample.images[40:300]
     prepare = TestView(mean, std)
-    seen: dict[str, list] = {"epoch_images": [], "index": [], "proto": []}
-
-    drawn: list[torch.Tensor] = []
+    drawn: list[torch.Tensor] = []  # every unlabelled fetch, in order
+    seen: dict[str, list] = {k: [] for k in ("epoch_images", "estep_positions", "starts", "marks", "index", "proto")}
 
     class Spy(PCL):
         def epoch_start(self, epoch, batches):
-            mark = len(drawn)
-            seen["starts"] = seen.get("starts", []) + [mark]
+            seen["starts"].append(len(drawn))
             seen["epoch_images"].append(torch.cat(list(batches())))
-            seen["estep_positions"] = seen.get("estep_positions", []) + [torch.cat(drawn[mark:])]
+            seen["estep_positions"].append(torch.cat(drawn[seen["starts"][-1] :]))
             super().epoch_start(epoch, batches)
             seen["index"].append([])
-            seen["marks"] = seen.get("marks", []) + [len(drawn)]
+            seen["marks"].append(len(drawn))  # the epoch's batch fetches start here
 
         def forward(self, views, update=True, index=None):
             seen["index"][-1].append(index.clone())
