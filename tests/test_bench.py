@@ -363,7 +363,12 @@ def test_every_shipped_grid_file_loads_and_expands(path: Path) -> None:
     grid = load_grid(path)
     names = [r.name for r in grid.runs]
     assert names and len(names) == len(set(names))
-    assert {int(r.cfg.seed) for r in grid.runs} == {0, 1, 2}
+    seeds = {0} if path.stem in SEED0_SCREENS else {0, 1, 2}
+    assert {int(r.cfg.seed) for r in grid.runs} == seeds
+
+
+#: grids that screen variants on one seed; a 3-seed grid follows up the best
+SEED0_SCREENS = {"cpu-joint-methods-cifar10"}
 
 
 def _flock_holder(path: Path) -> int | None:
