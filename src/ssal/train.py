@@ -387,6 +387,8 @@ def train_joint(
     bs = min(cfg.batch_size, n)
     spe = math.ceil(n / bs)
     spe_u = math.ceil(n_u / bs) if n_u else 0
+    if epoch_hook and hasattr(method, "clusters_for"):
+        method.clusters_for(n + n_u)  # PCL: fail now, not after the warm-up epochs, if an epoch's images are too few to cluster
     epochs, total = plan_steps(cfg, spe + spe_u)
     fmt = _memory_format(cfg)
     images = images.to(device)
