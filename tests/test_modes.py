@@ -477,14 +477,11 @@ def test_joint_pcl_runs_its_e_step_on_each_epochs_images(sample):
         return pool[pos]
 
     views = (WeakView(mean, std), StrongView(mean, std))
+    plain = lambda **kw: PCL(model.backbone, model.feat_dim, hidden_dim=16, proj_dim=8, queue_size=64, warmup_epochs=0, **kw)  # noqa: E731
     with pytest.raises(SsalError, match="cannot cluster 80 images into 100 clusters"):  # before any step, not after the warm-up
-        train_mod.train_joint(
-            model, Spy(model.backbone, model.feat_dim, hidden_dim=16, proj_dim=8, queue_size=64, num_clusters=[100]), images, labels,
-            unlabelled, len(pool), cfg, (WeakView(mean, std), StrongView(mean, std)), torch.Generator().manual_seed(0), torch.device("cpu"), prepare=prepare, progress=False,
-        )
-    assert not seen["proto"] and not drawn
-    with pytest.raises(ValueError, match="needs prepare="):
-        train_mod.train_joint(model, method, images, labels, unlabelled, len(pool), cfg, views, torch.Generator().manual_seed(0), torch.device("cpu"), progress=False)
+        train_mod.train_joint(model, plain(num_clusters=[100]), images, labels, lambda p: pool[p], len(pool), cfg, views, torch.Generator().manual_seed(0), torch.device("cpu"), prepare=prepare, progress=False)
+    with pytest.raises(ValueError, match="pass prepare="):
+        train_mod.train_joint(model, plain(num_clusters=[3]), images, labels, lambda p: pool[p], len(pool), cfg, views, torch.Generator().manual_seed(0), torch.device("cpu"), progress=False)
     stats = train_mod.train_joint(
         model, method, images, labels, unlabelled, len(pool), cfg, views,
         torch.Generator().manual_seed(0), torch.device("cpu"), prepare=prepare, progress=False,

@@ -282,3 +282,18 @@ def test_registry() -> None:
         build_ssl("pcl", enc, enc.feat_dim, num_clusters="many")
     with pytest.raises(SsalError, match="num_clusters"):
         build_ssl("pcl", enc, enc.feat_dim, num_clusters=[1, 5])
+
+
+def test_too_few_images_fail_before_the_first_pretraining_step(tmp_path) -> None:
+    """``check_images``: with fewer images than clusters, SSL pretraining stops
+    with a one-line error before training, not after the warm-up epochs."""
+    from ssal.config import resolve_config
+    from ssal.pretrain import pretrain
+
+    cfg = resolve_config(None, ["ssl.method=pcl", "ssl.options.num_clusters=[100]", "ssl.options.queue_size=16", "ssl.batch_size=16", "ssl.epochs=30"]).ssl
+    steps: list[str] = []
+    enc = _backbone()
+    assert PCL(enc, enc.feat_dim, num_clusters=[100]).check_images(100) is None
+    with pytest.raises(SsalError, match="cannot cluster 64 images into 100 clusters"):
+        pretrain(torch.randint(0, 256, (64, 3, 16, 16), dtype=torch.uint8), "smallcnn", {"width": 8}, cfg, (0.5,) * 3, (0.25,) * 3,
+                 torch.device("cpu"), str(tmp_path), progress=False, log=steps.append, stop_after_steps=1)  # a late check would stop here instead

@@ -26,7 +26,7 @@ import json
 import math
 import pickle
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +38,7 @@ from .data.cache import resolve_cache_dir
 from .models import build_backbone
 from .errors import SsalError, TrainingDiverged, first_line
 from .ssl import SSL_METHODS, SSLMethod, build_ssl
-from .train import _bar, _memory_format, _Stepper, lr_schedule
+from .train import _bar, _memory_format, _Stepper, lr_schedule, prepared_batches
 from .utils import atomic_torch_save, atomic_write_json, derive_seed, generator
 
 CACHE_FORMAT = 1
@@ -107,14 +107,6 @@ def local_views(ssl_cfg: DictConfig, mean, std) -> list:
     return [StrongView(mean, std, scale=(low, high), out_size=int(ssl_cfg.multicrop_size))] * n
 
 
-def _batches(images: torch.Tensor, prepare, device, batch_size: int, fmt) -> Callable[[], Iterator[torch.Tensor]]:
-    def it() -> Iterator[torch.Tensor]:
-        for s in range(0, int(images.shape[0]), batch_size):
-            yield prepare(images[s : s + batch_size].to(device)).contiguous(memory_format=fmt)
-
-    return it
-
-
 def pretrain(
     images: torch.Tensor,
     model: str,
@@ -165,6 +157,7 @@ def _run(images, model, model_kwargs, ssl_cfg, mean, std, device, folder: Path, 
     torch.manual_seed(derive_seed(ssl_cfg.seed, "ssl-init"))
     encoder = build_backbone(model, in_channels, **model_kwargs)
     method: SSLMethod = build_ssl(str(ssl_cfg.method), encoder, int(encoder.feat_dim), **dict(ssl_cfg.options))
+    method.check_images(n)
     method.to(device=device, memory_format=fmt)
     stepper = _Stepper(method.trainable_parameters(), ssl_cfg, lr_schedule(ssl_cfg, spe, total), device)
     views = pretrain_views(ssl_cfg, mean, std, method.num_views)
@@ -222,7 +215,7 @@ def _run(images, model, model_kwargs, ssl_cfg, mean, std, device, folder: Path, 
         method.train()
         if batch == 0:  # mid-epoch, the checkpoint restored the generator and the method's epoch state
             g = generator(ssl_cfg.seed, "ssl-aug", epoch)
-            method.epoch_start(epoch, _batches(images_dev, prepare, device, 512, fmt))
+            method.epoch_start(epoch, prepared_batches(images_dev, prepare, device, 512, fmt))
         perm = torch.randperm(n, generator=generator(ssl_cfg.seed, "ssl-perm", epoch)).to(device)
         losses = []
         while batch < spe:

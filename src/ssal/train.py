@@ -304,22 +304,35 @@ def ssl_sample_losses(
     return torch.cat(out) if out else torch.empty(0)
 
 
+def prepared_batches(images: torch.Tensor, prepare: View, device: torch.device, batch_size: int, fmt: torch.memory_format) -> Callable[[], Iterator[torch.Tensor]]:
+    """``batches()`` for :meth:`SSLMethod.epoch_start`: ``images`` un-augmented
+    through ``prepare``, in index order, ``batch_size`` at a time."""
+
+    def it() -> Iterator[torch.Tensor]:
+        for s in range(0, int(images.shape[0]), batch_size):
+            yield prepare(images[s : s + batch_size].to(device)).contiguous(memory_format=fmt)
+
+    return it
+
+
 def _epoch_images(
     images: torch.Tensor,
     unlabelled_images: Callable[[torch.Tensor], torch.Tensor],
     upos: torch.Tensor,
-    prepare: View,
+    prepare: View | None,
     device: torch.device,
     batch_size: int,
     fmt: torch.memory_format,
 ) -> Callable[[], Iterator[torch.Tensor]]:
     """``batches()`` for a per-epoch SSL step in joint training: the labelled
     ``images`` then the unlabelled ones at ``upos``, un-augmented, in chunks of
-    ``batch_size`` (the unlabelled ones fetched chunk by chunk)."""
+    ``batch_size`` (the unlabelled ones fetched chunk by chunk). Nothing runs
+    until a method iterates it (most never do)."""
 
     def it() -> Iterator[torch.Tensor]:
-        for s in range(0, int(images.shape[0]), batch_size):
-            yield prepare(images[s : s + batch_size].to(device)).contiguous(memory_format=fmt)
+        if prepare is None:
+            raise ValueError("this SSL method's per-epoch step reads un-augmented images: pass prepare= to train_joint")
+        yield from prepared_batches(images, prepare, device, batch_size, fmt)()
         for s in range(0, int(upos.numel()), batch_size):
             yield prepare(unlabelled_images(upos[s : s + batch_size]).to(device)).contiguous(memory_format=fmt)
 
@@ -359,12 +372,12 @@ def train_joint(
     label can reach the trainer. The SSL state (queues, momentum target) is
     updated after both kinds of batch.
 
-    Methods with a per-epoch step (they override :meth:`SSLMethod.epoch_start`:
-    PCL's E-step) get it before every epoch, over that epoch's images: the
-    labelled images (positions ``0..n-1``) then the epoch's unlabelled draw
-    (positions ``n..``), un-augmented through ``prepare`` (required for them),
-    and each batch's positions as ``index``. So PCL clusters exactly the images
-    it trains on in the epoch, at the cost of one momentum-encoder pass over them.
+    Before every epoch :meth:`SSLMethod.epoch_start` gets that epoch's images:
+    the labelled images (positions ``0..n-1``) then the epoch's unlabelled draw
+    (positions ``n..``), un-augmented through ``prepare`` (needed by methods
+    with a per-epoch step: PCL's E-step), and every batch passes its positions
+    as ``index``. So PCL clusters exactly the images it trains on in the epoch,
+    at the cost of one momentum-encoder pass over them.
 
     ``low_loss_fraction`` < 1 is the paper's remedy for distribution shift: each
     epoch scores ``len(images) / low_loss_fraction`` random unlabelled images by
@@ -376,19 +389,13 @@ def train_joint(
     """
     if method.encoder is not getattr(model, "backbone", None):
         raise ValueError("joint training needs the SSL method built on the classifier's backbone")
-    from .ssl.base import SSLMethod  # lazily: the SSL methods pull in the clustering code
-
-    epoch_hook = type(method).epoch_start is not SSLMethod.epoch_start
-    if epoch_hook and prepare is None:
-        raise ValueError(f"joint training with {method.name} needs prepare= (its per-epoch step reads un-augmented images)")
     start = time.perf_counter()
     n = int(images.shape[0])
     n_u = min(n, num_unlabelled)
     bs = min(cfg.batch_size, n)
     spe = math.ceil(n / bs)
     spe_u = math.ceil(n_u / bs) if n_u else 0
-    if epoch_hook and hasattr(method, "clusters_for"):
-        method.clusters_for(n + n_u)  # PCL: fail now, not after the warm-up epochs, if an epoch's images are too few to cluster
+    method.check_images(n + n_u)  # each epoch's per-epoch step sees n + n_u images: fail now, not epochs later
     epochs, total = plan_steps(cfg, spe + spe_u)
     fmt = _memory_format(cfg)
     images = images.to(device)
@@ -411,7 +418,7 @@ def train_joint(
         nonlocal step
         vs = ssl_views(x)
         with stepper.autocast():
-            out = method(vs, update=True, index=index if epoch_hook else None)
+            out = method(vs, update=True, index=index)
             loss = lambda_c * out.loss
             if y is not None:
                 if out.features is not None and classifier_view is None:
@@ -441,9 +448,7 @@ def train_joint(
                 upos = upos[torch.randperm(n_u, generator=generator)]
             else:
                 upos = torch.randperm(num_unlabelled, generator=generator)[:n_u]
-        if epoch_hook:
-            method.epoch_start(epoch, _epoch_images(images, unlabelled_images, upos, prepare, device, cfg.eval_batch_size, fmt))
-            method.train()
+        method.epoch_start(epoch, _epoch_images(images, unlabelled_images, upos, prepare, device, cfg.eval_batch_size, fmt))
         for b in range(max(spe, spe_u)):
             if step >= total:
                 break

@@ -188,6 +188,11 @@ class SSLMethod(nn.Module, ABC):
         un-augmented training images in index order (the ``index`` passed to
         :meth:`forward` refers to this order); PCL's E-step clusters them."""
 
+    def check_images(self, n: int) -> None:
+        """Called once before training on ``n`` images per epoch; raises a
+        one-line :class:`SsalError` if the per-epoch step cannot handle them
+        (PCL: fewer images than clusters), so a run fails before its first step."""
+
     def trainable_parameters(self) -> list[nn.Parameter]:
         """Parameters the optimizer updates (never the momentum target's)."""
         return [p for p in self.parameters() if p.requires_grad]

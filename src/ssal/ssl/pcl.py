@@ -325,6 +325,9 @@ class PCL(MoCoV2):
             raise SsalError(f"pcl: cannot cluster {n} images into {max(ks)} clusters; lower ssl.options.num_clusters")
         return ks
 
+    def check_images(self, n: int) -> None:
+        self.clusters_for(n)
+
     @torch.no_grad()
     def momentum_features(self, batches: Callable[[], Iterable[Tensor]]) -> Tensor:
         """L2-normalised momentum projections ``v'`` (N, proj_dim, float32) of all
