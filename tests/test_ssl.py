@@ -558,6 +558,49 @@ def test_mocov2_enqueues_both_views_keys() -> None:
     assert torch.allclose(method.queue.ordered()[-6:], keys, atol=1e-6)
 
 
+@pytest.mark.parametrize("name", ["moby", "mocov2", "byol"])
+def test_one_direction_form_is_view1_against_view2s_target(name: str, monkeypatch) -> None:
+    """``symmetric=False``: only view 1 goes through the online encoder and only
+    view 2 through the momentum encoder; the loss is the one-direction term of the
+    symmetric loss (MoCo v2's form) and only view 2's keys are queued."""
+    torch.manual_seed(0)
+    opts = dict(proj_dim=8, hidden_dim=16) | ({} if name == "byol" else dict(queue_size=16))
+    method = build_ssl(name, *_backbone(), symmetric=False, **opts)
+    method.train()
+    v1, v2 = _views(b=4, seed=7)
+    ref = copy.deepcopy(method)
+    online_in, target_in = [], []
+    method.encoder.register_forward_hook(lambda m, i, o: online_in.append(i[0]))
+    method.target_encoder.register_forward_hook(lambda m, i, o: target_in.append(i[0]))
+    queues = {k: v.clone() for k, v in method.state_dict().items() if k.endswith("keys")}
+    out = method([v1, v2], update=True)
+    assert len(online_in) == 1 and torch.equal(online_in[0], v1)
+    assert len(target_in) == 1 and torch.equal(target_in[0], v2)
+    k2 = ref.target_keys(v2)
+    if name == "byol":
+        p1 = ref.predictor(ref.projector(ref.encoder(v1)))
+        want = 2 - 2 * F.cosine_similarity(p1, ref.target_projector(ref.target_encoder(v2)), dim=1)
+    elif name == "moby":
+        q1 = F.normalize(ref.predictor(ref.projector(ref.encoder(v1))), dim=1)
+        want = info_nce(q1, k2, queues["queue2.keys"], 0.2, "none")
+        assert int(method.queue1.ptr) == 0 and torch.equal(method.queue1.keys, queues["queue1.keys"])
+        assert int(method.queue2.ptr) == 4 and torch.allclose(method.queue2.ordered()[-4:], k2, atol=1e-6)
+    else:
+        q1 = F.normalize(ref.projector(ref.encoder(v1)), dim=1)
+        want = info_nce(q1, k2, queues["queue.keys"], 0.2, "none")
+        assert int(method.queue.ptr) == 4 and torch.allclose(method.queue.ordered()[-4:], k2, atol=1e-6)
+    assert torch.allclose(out.per_sample, want.detach(), atol=1e-5)
+    assert torch.allclose(out.features, ref.encoder(v1), atol=1e-5)
+    # the symmetric form (the default) is this term plus the mirrored one
+    if name == "moby":  # the mirrored term reads queue 1: make both queues equal
+        ref.queue1.keys.copy_(ref.queue2.keys)
+    sym = copy.deepcopy(ref)
+    sym.symmetric = True
+    both = sym([v1, v2], update=False).per_sample
+    mirrored = ref([v2, v1], update=False).per_sample
+    assert torch.allclose(both, want.detach() + mirrored, atol=1e-5)
+
+
 def test_rotation_training_cycles_turns_and_scoring_does_not() -> None:
     torch.manual_seed(0)
     method = build_ssl("rotation", *_backbone())

@@ -9,6 +9,13 @@ projection; one queue of 4096 keys per view, t = 0.2; momentum 0.99 -> 1 on a
 cosine ramp over all training steps. The projector and predictor are the
 paper's "one layer with BN and ReLU" (then the output Linear); ``head="linear"``
 gives the released code's bare Linear 512 -> 128 and 128 -> 128.
+
+``symmetric=False`` keeps one direction, ``CE([q1.k2, q1.Queue2] / t, 0)`` (as
+MoCo v2 does): one online pass (view 1) and one momentum pass (view 2) per
+step instead of two each, about half the SSL cost; in joint training view 1
+is the classifier's weak view, so a labelled step costs one encoder
+forward/backward plus one momentum forward. Its loss is one term, half the
+symmetric loss's scale.
 """
 
 from __future__ import annotations
@@ -56,8 +63,10 @@ class MoBY(MomentumMixin, SSLMethod):
         momentum: float = 0.99,
         momentum_final: float = 1.0,
         head: str = "paper",
+        symmetric: bool = True,
     ) -> None:
         super().__init__(encoder, feat_dim)
+        self.symmetric = symmetric
         self.temperature = temperature
         self.momentum_base = momentum
         self.momentum_final = momentum_final
@@ -71,16 +80,27 @@ class MoBY(MomentumMixin, SSLMethod):
         self, views: list[Tensor], update: bool = True, index: Tensor | None = None, local_views: Sequence[Tensor] = ()
     ) -> SSLOutput:
         self._check_views(views)
-        f1, f2 = self.encoder(views[0]), self.encoder(views[1])
-        q1 = F.normalize(self.predictor(self.projector(f1)), dim=1)
-        q2 = F.normalize(self.predictor(self.projector(f2)), dim=1)
-        k1, k2 = self.target_keys(views[0]), self.target_keys(views[1])
+        t = self.temperature
         queue1, queue2 = self.queue1.keys.clone(), self.queue2.keys.clone()
-        per = moby_loss(q1, q2, k1, k2, queue1, queue2, self.temperature, "none")
-        # a small crop's query against both global keys (and their queues); no key of a small crop is queued
+        if self.symmetric:
+            f1, f2 = self.encoder(views[0]), self.encoder(views[1])
+            q1 = F.normalize(self.predictor(self.projector(f1)), dim=1)
+            q2 = F.normalize(self.predictor(self.projector(f2)), dim=1)
+            k1, k2 = self.target_keys(views[0]), self.target_keys(views[1])
+            per = moby_loss(q1, q2, k1, k2, queue1, queue2, t, "none")
+        else:
+            f1 = self.encoder(views[0])
+            q1 = F.normalize(self.predictor(self.projector(f1)), dim=1)
+            k2 = self.target_keys(views[1])
+            per = info_nce(q1, k2, queue2, t, "none")
+        # a small crop's query against the global keys (and their queues); no key of a small crop is queued
         ql = [F.normalize(self.predictor(self.projector(self.encoder(v))), dim=1) for v in local_views]
-        per = multicrop_mean(per, [moby_loss(q, q, k1, k2, queue1, queue2, self.temperature, "none") for q in ql])
+        if self.symmetric:
+            per = multicrop_mean(per, [moby_loss(q, q, k1, k2, queue1, queue2, t, "none") for q in ql])
+        else:
+            per = multicrop_mean(per, [info_nce(q, k2, queue2, t, "none") for q in ql])
         if update:
-            self.queue1.enqueue(k1)
+            if self.symmetric:
+                self.queue1.enqueue(k1)
             self.queue2.enqueue(k2)
         return SSLOutput(per.mean(), per.detach(), f1)

@@ -3,7 +3,9 @@ CVPR 2020, Eq. 1): InfoNCE of a query against its momentum key and a queue of
 past keys, temperature 0.2, momentum 0.99 -> 0.999 (METHODS.md sec. 4).
 
 The loss is symmetrised over the two views (both views serve as query once, as
-MoBY and MoCo v3 do); both views' keys enter the queue.
+MoBY and MoCo v3 do); both views' keys enter the queue. ``symmetric=False`` is
+MoCo v2's own one-direction form, ``InfoNCE(q1, k2, queue)`` with only k2
+queued: one online and one momentum pass per step instead of two each.
 """
 
 from __future__ import annotations
@@ -45,8 +47,10 @@ class MoCoV2(MomentumMixin, SSLMethod):
         momentum: float = 0.99,
         momentum_final: float = 0.999,
         head: str = "mlp",
+        symmetric: bool = True,
     ) -> None:
         super().__init__(encoder, feat_dim)
+        self.symmetric = symmetric
         self.temperature = temperature
         self.momentum_base = momentum
         self.momentum_final = momentum_final
@@ -69,6 +73,8 @@ class MoCoV2(MomentumMixin, SSLMethod):
     def forward(
         self, views: list[Tensor], update: bool = True, index: Tensor | None = None, local_views: Sequence[Tensor] = ()
     ) -> SSLOutput:
+        if not self.symmetric:
+            return self._forward_one_direction(views, update, local_views)
         f1, _, _, k1, k2, per = self._contrast(views)
         if local_views:  # each small crop's query against both global keys; its key is not queued
             queue = self.queue.keys.clone().detach()
@@ -77,4 +83,17 @@ class MoCoV2(MomentumMixin, SSLMethod):
             per = multicrop_mean(per, [info_nce(q, k2, queue, t, "none") + info_nce(q, k1, queue, t, "none") for q in ql])
         if update:
             self.queue.enqueue(torch.cat([k1, k2]))
+        return SSLOutput(per.mean(), per.detach(), f1)
+
+    def _forward_one_direction(self, views: list[Tensor], update: bool, local_views: Sequence[Tensor]) -> SSLOutput:
+        """MoCo v2's form: view 1 (and each small crop) queries view 2's key."""
+        self._check_views(views)
+        f1 = self.encoder(views[0])
+        q1 = F.normalize(self.projector(f1), dim=1)
+        k2 = self.target_keys(views[1])
+        queue = self.queue.keys.clone().detach()
+        ql = [F.normalize(self.projector(self.encoder(v)), dim=1) for v in local_views]
+        per = multicrop_mean(info_nce(q1, k2, queue, self.temperature, "none"), [info_nce(q, k2, queue, self.temperature, "none") for q in ql])
+        if update:
+            self.queue.enqueue(k2)
         return SSLOutput(per.mean(), per.detach(), f1)
