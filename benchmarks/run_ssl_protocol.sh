@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 CIFAR=${CIFAR:-/tmp/cifar10-jpeg}
 SEEDS=${SEEDS:-0}
 [ -d "$CIFAR" ] || { mkdir -p "$(dirname "$CIFAR")"; tar xzf ../shared/data/cifar10-jpeg.tar.gz -C "$(dirname "$CIFAR")"; }
-BYOL="ssl.method=byol ssl.epochs=30 ssl.asymmetric_views=false"  # as measured: the shared symmetric views
+BYOL="ssl.method=byol ssl.epochs=30 ssl.asymmetric_views=false ssl.crop_scale=0.2"  # as measured: the shared symmetric views
 FOLDER=$(python3 -m ssal pretrain -q --config cpu-cifar10 "dataset=imagefolder:$CIFAR" $BYOL | sed -n 's|.*backbone in \(.*\)/backbone.pt|\1|p')
 python3 -m ssal eval-features -q "$FOLDER" --dataset "imagefolder:$CIFAR" \
     --json benchmarks/results/ssl/knn_byol30_smallcnn32_cifar10.json

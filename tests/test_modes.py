@@ -281,8 +281,9 @@ def test_pretraining_key_ignores_where_and_how_often_it_saves(sample):
 
 def test_byol_pretrains_on_its_asymmetric_view_pair_and_the_key_says_so(sample):
     """METHODS.md sec. 3: BYOL's views differ - blur p 1.0 / 0.1, solarize p
-    0 / 0.2. On by default for byol only; the symmetric pair keeps the cache
-    keys written before the option existed."""
+    0 / 0.2 - and crop down to 8% of the image (0.2 for the other methods). On by
+    default for byol only; the symmetric pair and the other methods' crop scale
+    keep the cache keys written before the options existed."""
     from omegaconf import OmegaConf
 
     from ssal.pretrain import images_fingerprint, pretrain_key, pretrain_views
@@ -291,8 +292,8 @@ def test_byol_pretrains_on_its_asymmetric_view_pair_and_the_key_says_so(sample):
         v = pretrain_views(resolve_config(None, list(over)).ssl, (0.5,), (0.25,), 2)
         return [(x.blur_p, x.solarize_p, x.scale) for x in v]
 
-    assert pair("ssl.method=byol") == [(1.0, 0.0, (0.2, 1.0)), (0.1, 0.2, (0.2, 1.0))]
-    assert pair("ssl.method=byol", "ssl.asymmetric_views=false") == [(0.2, 0.2, (0.2, 1.0))] * 2
+    assert pair("ssl.method=byol") == [(1.0, 0.0, (0.08, 1.0)), (0.1, 0.2, (0.08, 1.0))]  # crops down to 8% (METHODS.md sec. 3)
+    assert pair("ssl.method=byol", "ssl.asymmetric_views=false", "ssl.crop_scale=0.2") == [(0.2, 0.2, (0.2, 1.0))] * 2
     assert pair("ssl.method=vicreg") == [(0.2, 0.2, (0.2, 1.0))] * 2
     assert pair("ssl.method=vicreg", "ssl.asymmetric_views=true")[0][:2] == (1.0, 0.0)
     # the views differ in what they do to the same images
@@ -309,6 +310,12 @@ def test_byol_pretrains_on_its_asymmetric_view_pair_and_the_key_says_so(sample):
     assert key(byol) == key(resolve_config(None, ["ssl.method=byol", "ssl.asymmetric_views=true"]).ssl)
     vic = resolve_config(None, ["ssl.method=vicreg"]).ssl
     assert key(vic) == key({k: v for k, v in OmegaConf.to_container(vic).items() if k != "asymmetric_views"})
+    # the crop scale: null resolves to the method's value, and shares the cache of that value written out
+    assert key(vic) == key(resolve_config(None, ["ssl.method=vicreg", "ssl.crop_scale=0.2"]).ssl)
+    assert key(vic) == key(OmegaConf.to_container(vic) | {"crop_scale": 0.2})  # caches written before the null default
+    assert key(byol) == key(resolve_config(None, ["ssl.method=byol", "ssl.crop_scale=0.08"]).ssl)
+    assert key(byol) != key(resolve_config(None, ["ssl.method=byol", "ssl.crop_scale=0.2"]).ssl)
+    assert pair("ssl.method=vicreg", "ssl.crop_scale=0.5")[0][2] == (0.5, 1.0)
 
 
 def test_pretrain_and_frozen_modes_share_one_cached_pretraining(tmp_path):

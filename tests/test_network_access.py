@@ -55,6 +55,17 @@ def test_resume_accepts_configs_saved_before_a_key_existed():
     assert _config_diff(saved, {"a": 2, "strategy_options": {}, "train": {"x": 1, "new": 5}}, defaults) == ["a"]
 
 
+def test_resume_compares_the_crop_scale_resolved():
+    """Runs saved when ``ssl.crop_scale`` defaulted to 0.2 equal the same run with
+    the ``null`` default for methods whose value is 0.2, not for byol (0.08)."""
+    saved = {"a": 1, "ssl": {"method": "moby", "crop_scale": 0.2}}
+    assert _config_diff(saved, {"a": 1, "ssl": {"method": "moby", "crop_scale": None}}) == []
+    assert _config_diff(saved, {"a": 1, "ssl": {"method": "moby", "crop_scale": 0.3}}) == ["ssl.crop_scale"]
+    byol = {"a": 1, "ssl": {"method": "byol", "crop_scale": 0.2}}
+    assert _config_diff(byol, {"a": 1, "ssl": {"method": "byol", "crop_scale": None}}) == ["ssl.crop_scale"]
+    assert _config_diff({"ssl": {"method": "byol", "crop_scale": 0.08}}, {"ssl": {"method": "byol", "crop_scale": None}}) == []
+
+
 def test_network_strategies_refuse_frozen_mode_before_any_work(tmp_path, monkeypatch):
     import pytest
 

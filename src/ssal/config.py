@@ -70,7 +70,7 @@ class SSLConfig:
     milestones: list[int] = field(default_factory=list)
     gamma: float = 0.1
     warmup_epochs: float = 1.0
-    crop_scale: float = 0.2  # smallest RandomResizedCrop area of the pretraining views
+    crop_scale: Optional[float] = None  # smallest RandomResizedCrop area of the pretraining views; null = the method's paper value (0.08 byol, 0.2 the rest)
     asymmetric_views: Optional[bool] = None  # BYOL's view pair (blur 1.0 / 0.1, solarize 0 / 0.2); null = on for byol only
     image_size: int = 0  # pretraining view size in px; 0 = native (smaller is faster on a CPU)
     multicrop: int = 0  # extra small crops per image in pretraining (SwAV's multi-crop); 0 = two views only
@@ -238,7 +238,7 @@ def validate(cfg: DictConfig) -> None:
     need(s.epochs >= 1, "ssl.epochs", s.epochs, "must be at least 1")
     need(s.batch_size >= 2, "ssl.batch_size", s.batch_size, "must be at least 2")
     need(s.lr > 0, "ssl.lr", s.lr, "must be > 0")
-    need(0 < s.crop_scale <= 1, "ssl.crop_scale", s.crop_scale, "must be in (0, 1]")
+    need(s.crop_scale is None or 0 < s.crop_scale <= 1, "ssl.crop_scale", s.crop_scale, "must be in (0, 1], or null for the method's default")
     need(s.image_size == 0 or s.image_size >= 8, "ssl.image_size", s.image_size, "must be 0 (native) or >= 8")
     need(s.multicrop >= 0, "ssl.multicrop", s.multicrop, "must be >= 0")
     need(s.multicrop == 0 or t.mode != "joint", "ssl.multicrop", s.multicrop, "small crops are for SSL pretraining (pretrain / frozen modes, ssal pretrain), not joint training")

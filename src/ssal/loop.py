@@ -39,6 +39,7 @@ from .modes import (
     setup_mode,
     train_cycle,
 )
+from .pretrain import crop_scale
 from .strategies import SelectionContext, build_strategy
 from .utils import atomic_torch_save, atomic_write_json, atomic_write_text, derive_seed, generator, resolve_device
 
@@ -333,10 +334,21 @@ def _check_picks(picks: torch.Tensor, cand: torch.Tensor, budget: int) -> None:
 _MISSING = object()
 
 
+def _resolved(cfg):
+    """``cfg`` with ``ssl.crop_scale`` resolved (:func:`ssal.pretrain.crop_scale`)."""
+    if isinstance(cfg, dict) and isinstance(cfg.get("ssl"), dict):
+        cfg = {**cfg, "ssl": {**cfg["ssl"], "crop_scale": crop_scale(cfg["ssl"])}}
+    return cfg
+
+
 def _config_diff(saved, current, defaults=None, prefix: str = "") -> list[str]:
     """Dotted keys where two configs differ. A key missing from ``saved`` (a run
     folder written before that key existed) counts as equal when ``current``
-    holds its schema default from ``defaults``."""
+    holds its schema default from ``defaults``. Settings whose ``null`` resolves to
+    a value (``ssl.crop_scale``) are compared resolved, so a run saved with the
+    value equals the same run asking for the default."""
+    if not prefix:
+        saved, current = _resolved(saved), _resolved(current)
     if isinstance(saved, dict) and isinstance(current, dict):
         keys = []
         for k in sorted(set(saved) | set(current), key=str):

@@ -61,6 +61,7 @@ def pretrain_key(fingerprint: str, model: str, model_kwargs: dict, in_channels: 
         ssl = {k: v for k, v in ssl.items() if not k.startswith("multicrop")}
     if not ssl.get("amp_cpu"):  # float32 on the CPU: older caches keep their keys
         ssl.pop("amp_cpu", None)
+    ssl["crop_scale"] = crop_scale(ssl)  # resolved: a null and its value share a cache
     asymmetric = uses_asymmetric_views(ssl)
     ssl.pop("asymmetric_views", None)
     if asymmetric:  # the shared symmetric pair adds nothing: caches written before the option keep their keys
@@ -78,8 +79,19 @@ def uses_asymmetric_views(ssl_cfg: DictConfig | dict) -> bool:
     return str(ssl_cfg.get("method")) == "byol" if value is None else bool(value)
 
 
+#: smallest RandomResizedCrop area per method where it is not MoCo v2's / MoBYv2AL's 0.2
+_CROP_SCALE = {"byol": 0.08}  # Grill et al. 2020, Appendix B (METHODS.md sec. 3)
+
+
+def crop_scale(ssl_cfg: DictConfig | dict) -> float:
+    """``ssl.crop_scale``, with ``null`` resolved to the method's paper value:
+    0.08 for ``byol``, 0.2 (MoCo v2, MoBYv2AL's strong view) for the others."""
+    value = ssl_cfg.get("crop_scale")
+    return float(_CROP_SCALE.get(str(ssl_cfg.get("method")), 0.2) if value is None else value)
+
+
 def pretrain_views(ssl_cfg: DictConfig, mean, std, num_views: int) -> list:
-    """Two strong views at ``crop_scale``, output ``image_size``: BYOL's
+    """Two strong views at :func:`crop_scale`, output ``image_size``: BYOL's
     asymmetric pair (Grill et al. 2020, Table 6; METHODS.md sec. 3: Gaussian
     blur p = 1.0 / 0.1, solarize p = 0 / 0.2) when :func:`uses_asymmetric_views`,
     else the same recipe twice (blur 0.2, solarize 0.2); a weak view for
@@ -87,7 +99,7 @@ def pretrain_views(ssl_cfg: DictConfig, mean, std, num_views: int) -> list:
     size = int(ssl_cfg.image_size) or None
     if num_views == 1:
         return [WeakView(mean, std)]
-    scale = (float(ssl_cfg.crop_scale), 1.0)
+    scale = (crop_scale(ssl_cfg), 1.0)
     if uses_asymmetric_views(ssl_cfg):
         first = StrongView(mean, std, scale=scale, out_size=size, blur_p=1.0, solarize_p=0.0)
         second = StrongView(mean, std, scale=scale, out_size=size, blur_p=0.1, solarize_p=0.2)
