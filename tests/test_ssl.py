@@ -559,7 +559,7 @@ def test_mocov2_enqueues_both_views_keys() -> None:
 
 
 @pytest.mark.parametrize("name", ["moby", "mocov2", "byol"])
-def test_one_direction_form_is_view1_against_view2s_target(name: str, monkeypatch) -> None:
+def test_one_direction_form_is_view1_against_view2s_target(name: str) -> None:
     """``symmetric=False``: only view 1 goes through the online encoder and only
     view 2 through the momentum encoder; the loss is the one-direction term of the
     symmetric loss (MoCo v2's form) and only view 2's keys are queued."""
