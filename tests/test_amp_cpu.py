@@ -1,6 +1,7 @@
 """bfloat16 autocast on the CPU (``train.amp_cpu``, ``ssl.amp_cpu``): off by
 default, on it runs the convolutions in bfloat16 with float32 weights and
-float32 outputs, and it is part of the SSL cache key only when on."""
+float32 outputs, it is part of the SSL cache key only when on, and ``auto``
+turns it on only where the CPU has native bfloat16."""
 
 from __future__ import annotations
 
@@ -90,3 +91,67 @@ def test_a_run_under_amp_cpu_is_reproducible(tmp_path):
     assert [r["test_acc"] for r in a] == [r["test_acc"] for r in b]
     order = lambda name: json.loads((tmp_path / name / "state.json").read_text())["pool"]["order"]  # noqa: E731
     assert len(order("a")) == 70 and order("a") == order("b")  # the same picks
+
+
+def _native(monkeypatch, value: bool) -> None:
+    import ssal.train
+
+    monkeypatch.setattr(ssal.train, "cpu_has_native_bfloat16", lambda: value)
+
+
+def test_amp_cpu_auto_is_on_only_where_the_cpu_has_native_bfloat16(monkeypatch):
+    auto = resolve_config(None, ["train.amp_cpu=auto", "ssl.amp_cpu=auto"])
+    for native in (True, False):
+        _native(monkeypatch, native)
+        assert amp_enabled(auto.train, CPU) is native and amp_enabled(auto.ssl, CPU) is native
+        assert amp_enabled(resolve_config(None, ["train.amp_cpu=true"]).train, CPU)  # an explicit true is obeyed
+        assert not amp_enabled(resolve_config(None, []).train, CPU)
+    assert amp_enabled(auto.train, CUDA)  # CUDA follows train.amp, whatever the CPU
+
+
+def test_amp_cpu_rejects_anything_but_true_false_auto():
+    import pytest
+
+    from ssal.errors import SsalError
+
+    for bad in ("maybe", "1.5", "bf16"):
+        with pytest.raises(SsalError, match=rf"train\.amp_cpu={bad}: choose true, false or auto"):
+            resolve_config(None, [f"train.amp_cpu={bad}"])
+    with pytest.raises(SsalError, match="ssl.amp_cpu"):
+        resolve_config(None, ["ssl.amp_cpu=yes please"])
+
+
+def test_amp_cpu_true_on_an_emulating_cpu_warns_in_one_line(monkeypatch, tmp_path):
+    from ssal.train import amp_cpu_warning
+
+    _native(monkeypatch, False)
+    msg = amp_cpu_warning("train.amp_cpu", True, CPU)
+    assert msg is not None and "\n" not in msg and "train.amp_cpu=auto" in msg and "8-12x slower" in msg
+    assert amp_cpu_warning("train.amp_cpu", "auto", CPU) is None  # auto chose float32: nothing to warn about
+    assert amp_cpu_warning("train.amp_cpu", False, CPU) is None
+    assert amp_cpu_warning("train.amp_cpu", True, CUDA) is None
+    _native(monkeypatch, True)
+    assert amp_cpu_warning("train.amp_cpu", True, CPU) is None
+    _native(monkeypatch, False)
+    lines: list[str] = []
+    cfg = resolve_config(None, ["initial=40", "budget=30", "cycles=1", f"out={tmp_path / 'r'}", *TINY, "train.amp_cpu=true", "strategy=random"])
+    (rec,) = run_experiment(cfg, progress=False, log=lines.append)
+    assert sum("train.amp_cpu=true" in line for line in lines) == 1
+    assert rec["amp"] is True  # recorded: this cycle trained in bfloat16
+
+
+def test_amp_cpu_auto_shares_the_cache_and_the_run_folder_of_what_it_chose(monkeypatch):
+    from ssal.loop import _config_diff
+
+    fp = images_fingerprint(torch.zeros(4, 1, 8, 8, dtype=torch.uint8))
+    key = lambda s: pretrain_key(fp, "smallcnn", {"width": 8}, 1, s)  # noqa: E731
+    ssl = lambda v: resolve_config(None, [f"ssl.amp_cpu={v}"]).ssl  # noqa: E731
+    train = lambda v: OmegaConf.to_container(resolve_config(None, [f"train.amp_cpu={v}"]))  # noqa: E731
+    _native(monkeypatch, True)
+    assert key(ssl("auto")) == key(ssl("true")) != key(ssl("false"))
+    assert _config_diff(train("true"), train("auto")) == []
+    assert _config_diff(train("false"), train("auto")) == ["train.amp_cpu"]
+    _native(monkeypatch, False)
+    assert key(ssl("auto")) == key(ssl("false")) != key(ssl("true"))
+    assert _config_diff(train("false"), train("auto")) == []
+    assert _config_diff(train("true"), train("auto")) == ["train.amp_cpu"]  # resuming would switch precision mid-run

@@ -40,7 +40,7 @@ class TrainConfig:
     augment: str = "weak"  # weak | strong | none
     warm_start: bool = False  # keep the previous cycle's weights instead of re-initialising
     amp: bool = True  # mixed precision on CUDA (bfloat16, or float16 with loss scaling)
-    amp_cpu: bool = False  # bfloat16 autocast on the CPU too, training and inference: 1.6-1.9x faster per step here (AVX512-BF16; BENCHMARKS.md)
+    amp_cpu: Any = False  # true | false | auto: bfloat16 autocast on the CPU too, training and inference. 1.6-1.9x faster per step on a CPU with AVX512-BF16 or AMX, 8-12x slower on one without (emulated); auto = on only where native (BENCHMARKS.md)
     channels_last: bool = True
     eval_batch_size: int = 512
     head: str = "linear"  # frozen mode: linear | mlp head on the cached SSL features
@@ -78,7 +78,7 @@ class SSLConfig:
     multicrop_scale: list[float] = field(default_factory=lambda: [0.05, 0.3])  # their RandomResizedCrop area range
     seed: int = 0  # pretraining seed (independent of the run seed, so the cache is shared across seeds)
     amp: bool = True  # mixed precision on CUDA
-    amp_cpu: bool = False  # bfloat16 autocast on the CPU (see train.amp_cpu); part of the cache key when on
+    amp_cpu: Any = False  # true | false | auto: bfloat16 autocast on the CPU (see train.amp_cpu); part of the cache key when on
     channels_last: bool = True
     checkpoint_minutes: float = 5.0
     cache_dir: Optional[str] = None  # default <cache_dir>/ssl
@@ -232,6 +232,8 @@ def validate(cfg: DictConfig) -> None:
         f"is for train.mode=supervised or joint; train.mode={t.mode} takes its encoder from the ssl pretraining",
     )
     s = cfg.ssl
+    for key, value in (("train.amp_cpu", t.amp_cpu), ("ssl.amp_cpu", s.amp_cpu)):
+        need(isinstance(value, bool) or value == "auto", key, value, "choose true, false or auto (bfloat16 only where the CPU has it natively)")
     need(s.lambda_c >= 0, "ssl.lambda_c", s.lambda_c, "must be >= 0")
     need(s.views in ("weak_strong", "strong_strong"), "ssl.views", s.views, "choose one of: weak_strong, strong_strong")
     need(0 < s.low_loss_fraction <= 1, "ssl.low_loss_fraction", s.low_loss_fraction, "must be in (0, 1]")

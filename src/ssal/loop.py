@@ -40,6 +40,7 @@ from .modes import (
     train_cycle,
 )
 from .pretrain import crop_scale
+from .train import amp_cpu_on, amp_cpu_warning, amp_enabled
 from .strategies import SelectionContext, build_strategy
 from .utils import atomic_torch_save, atomic_write_json, atomic_write_text, derive_seed, generator, resolve_device
 
@@ -126,6 +127,9 @@ class Experiment:
             torch.set_num_threads(cfg.threads)
         torch.use_deterministic_algorithms(True, warn_only=True)
         device = resolve_device(cfg.device)
+        warning = amp_cpu_warning("train.amp_cpu", cfg.train.amp_cpu, device)
+        if warning:
+            self.log(warning)
         if device.type == "cuda":
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
             torch.backends.cudnn.benchmark = False
@@ -284,6 +288,7 @@ class Experiment:
             "seed": int(cfg.seed),
             "strategy": cfg.strategy,
             "mode": cfg.train.mode,
+            "amp": amp_enabled(cfg.train, md.device),  # autocast in this cycle's training (bfloat16 on the CPU)
             "model": cfg.model,
             "dataset": cfg.dataset,
         }
@@ -335,9 +340,14 @@ _MISSING = object()
 
 
 def _resolved(cfg):
-    """``cfg`` with ``ssl.crop_scale`` resolved (:func:`ssal.pretrain.crop_scale`)."""
+    """``cfg`` with ``ssl.crop_scale`` (:func:`ssal.pretrain.crop_scale`) and
+    ``amp_cpu: auto`` (:func:`ssal.train.amp_cpu_on`, on this CPU) resolved."""
     if isinstance(cfg, dict) and isinstance(cfg.get("ssl"), dict):
         cfg = {**cfg, "ssl": {**cfg["ssl"], "crop_scale": crop_scale(cfg["ssl"])}}
+    if isinstance(cfg, dict):
+        for part in ("train", "ssl"):
+            if isinstance(cfg.get(part), dict) and cfg[part].get("amp_cpu") == "auto":
+                cfg = {**cfg, part: {**cfg[part], "amp_cpu": amp_cpu_on("auto")}}
     return cfg
 
 

@@ -38,7 +38,7 @@ from .data.cache import resolve_cache_dir
 from .models import build_backbone
 from .errors import SsalError, TrainingDiverged, first_line
 from .ssl import SSL_METHODS, SSLMethod, build_ssl
-from .train import _bar, _memory_format, _Stepper, lr_schedule, prepared_batches
+from .train import _bar, _memory_format, _Stepper, amp_cpu_on, amp_cpu_warning, lr_schedule, prepared_batches
 from .utils import atomic_torch_save, atomic_write_json, derive_seed, generator
 
 CACHE_FORMAT = 1
@@ -59,7 +59,9 @@ def pretrain_key(fingerprint: str, model: str, model_kwargs: dict, in_channels: 
     ssl = {k: v for k, v in ssl.items() if k not in _NOT_IN_KEY}
     if not ssl.get("multicrop"):  # no small crops: their settings change nothing (and older caches keep their keys)
         ssl = {k: v for k, v in ssl.items() if not k.startswith("multicrop")}
-    if not ssl.get("amp_cpu"):  # float32 on the CPU: older caches keep their keys
+    if amp_cpu_on(ssl.get("amp_cpu")):  # resolved: auto shares the cache of what it chose on this CPU
+        ssl["amp_cpu"] = True
+    else:  # float32 on the CPU: older caches keep their keys
         ssl.pop("amp_cpu", None)
     ssl["crop_scale"] = crop_scale(ssl)  # resolved: a null and its value share a cache
     asymmetric = uses_asymmetric_views(ssl)
@@ -173,6 +175,9 @@ def _run(images, model, model_kwargs, ssl_cfg, mean, std, device, folder: Path, 
     method.to(device=device, memory_format=fmt)
     stepper = _Stepper(method.trainable_parameters(), ssl_cfg, lr_schedule(ssl_cfg, spe, total), device)
     views = pretrain_views(ssl_cfg, mean, std, method.num_views)
+    warning = amp_cpu_warning("ssl.amp_cpu", ssl_cfg.amp_cpu, device)
+    if warning:
+        log(warning)
     small = local_views(ssl_cfg, mean, std)
     meta = {
         "kind": "ssl-backbone",
@@ -185,6 +190,7 @@ def _run(images, model, model_kwargs, ssl_cfg, mean, std, device, folder: Path, 
         "num_images": n,
         "key": key,
         "ssl": OmegaConf.to_container(ssl_cfg),
+        "amp": stepper.use_amp,  # autocast in this pretraining (amp_cpu: auto resolved on this machine)
         "mean": list(mean),
         "std": list(std),
     }

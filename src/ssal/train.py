@@ -12,6 +12,7 @@ scored (no dropped partial batch).
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from collections.abc import Iterator
@@ -55,13 +56,44 @@ def lr_schedule(cfg: TrainConfig, steps_per_epoch: int, total_steps: int) -> lis
     return out
 
 
+@functools.cache
+def cpu_has_native_bfloat16() -> bool:
+    """Whether this CPU computes bfloat16 in hardware (x86 AVX512-BF16 or AMX).
+    Without it oneDNN emulates bfloat16 and autocast makes a step 8-12x slower
+    than float32 (BENCHMARKS.md, "bfloat16 on the CPU"); with it, 1.6-1.9x faster."""
+    try:
+        return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+    except (AttributeError, RuntimeError):  # a torch without these probes: assume no
+        return False
+
+
+def amp_cpu_on(value: bool | str | None) -> bool:
+    """``train.amp_cpu`` / ``ssl.amp_cpu`` resolved: ``true`` and ``false`` as
+    given, ``auto`` on exactly where :func:`cpu_has_native_bfloat16`."""
+    if value == "auto":
+        return cpu_has_native_bfloat16()
+    return bool(value)
+
+
+def amp_cpu_warning(key: str, value: bool | str | None, device: torch.device) -> str | None:
+    """A one-line warning when ``key=true`` asks for bfloat16 on a CPU that only
+    emulates it (``auto`` would have chosen float32 there); else None."""
+    if device.type != "cpu" or value is not True or cpu_has_native_bfloat16():
+        return None
+    return (
+        f"warning: {key}=true, but this CPU has no native bfloat16 (AVX512-BF16 or AMX): autocast is emulated and "
+        f"about 8-12x slower than float32 here; set {key}=auto (or false)"
+    )
+
+
 def amp_enabled(cfg: TrainConfig | SSLConfig, device: torch.device) -> bool:
     """Whether a training or SSL config runs under autocast on ``device``:
     ``amp`` on CUDA (bfloat16, or float16 with loss scaling), ``amp_cpu`` on the
-    CPU (bfloat16; off by default so CPU results stay float32)."""
+    CPU (bfloat16; off by default so CPU results stay float32; ``auto``: see
+    :func:`amp_cpu_on`)."""
     if device.type == "cuda":
         return bool(cfg.amp)
-    return device.type == "cpu" and bool(cfg.amp_cpu)
+    return device.type == "cpu" and amp_cpu_on(cfg.amp_cpu)
 
 
 def _autocast(device: torch.device, enabled: bool):
