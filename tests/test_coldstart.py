@@ -13,7 +13,7 @@ from ssal.errors import SsalError
 from ssal.strategies import STRATEGIES, SelectionContext, build_strategy
 from ssal.clustering import draw_seed, kmeans, l2_normalise, round_robin
 from ssal.strategies.probcover import DELTA_GRID, ball_purity, choose_delta, delta_ball_graph, greedy_cover
-from ssal.strategies.prototypes import select_by_prototypes
+from ssal.strategies.prototypes import pick_level, select_by_assignment, select_by_prototypes
 from ssal.strategies.typiclust import knn_distances, typicality
 
 NEW = ["typiclust", "probcover", "prototypes"]
@@ -247,6 +247,65 @@ def test_prototype_strategy_picks_centroid_neighbours_of_unlabelled_clusters() -
         c = int(cos[p].argmax())
         members = torch.tensor(cands)[cos[cands].argmax(1) == c]
         assert p == int(members[cos[members, c].argmax()])
+
+
+def test_select_by_assignment_is_select_by_prototypes_on_the_nearest_centroid() -> None:
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(120, 6, generator=g)
+    centroids = torch.randn(7, 6, generator=g)
+    labelled = torch.zeros(120, dtype=torch.bool)
+    labelled[torch.randperm(120, generator=g)[:15]] = True
+    best, assign = (l2_normalise(x) @ l2_normalise(centroids).T).max(1)
+    for budget in (0, 1, 9, 40, 105):
+        assert torch.equal(select_by_assignment(assign, best, labelled, budget, 7), select_by_prototypes(x, centroids, labelled, budget))
+    with pytest.raises(SsalError, match=r"prototype ids must lie in \[0, 3\)"):
+        select_by_assignment(assign, best, labelled, 5, 3)
+    with pytest.raises(SsalError, match="differ in length"):
+        select_by_assignment(assign[:-1], best, labelled, 5, 7)
+
+
+def test_pick_level_takes_the_k_closest_to_the_wanted_number() -> None:
+    assert pick_level([50, 100, 200], 120) == 1
+    assert pick_level([50, 100, 200], 150) == 2  # a tie goes to the finer
+    assert pick_level([50, 100, 200], 10) == 0 and pick_level([50, 100, 200], 5000) == 2
+
+
+def _pcl_lookup(levels: list[tuple[torch.Tensor, torch.Tensor]]):
+    """``ssl_prototypes`` over crafted per-image assignments and similarities (pool index i = row i)."""
+    return lambda idx: [(int(a.max()) + 1, a[idx], s[idx]) for a, s in levels]
+
+
+def test_prototype_strategy_uses_the_pcl_prototypes_of_the_run() -> None:
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(100, 5, generator=g, dtype=torch.float64)  # features that k-means would cut differently
+    coarse = torch.arange(100) % 2  # K = 2
+    fine = torch.arange(100) // 20  # K = 5: images 0-19, 20-39, ...
+    sim = torch.rand(100, generator=g)
+    labelled = [0, 25]  # in fine prototypes 0 and 1
+    cands = [i for i in shuffled_pool(100) if i not in labelled]
+    ctx = context(x, cands, labelled, seed=1)
+    ctx.ssl_prototypes = _pcl_lookup([(coarse, sim), (fine, sim)])
+    picks = build_strategy("prototypes").select(ctx, 3)  # |L| + budget = 5 -> the fine level
+    assert sorted(int(p) // 20 for p in picks) == [2, 3, 4]  # the prototypes that hold no label
+    for p in picks.tolist():  # each the unlabelled image most similar to its prototype
+        members = [i for i in cands if i // 20 == p // 20]
+        assert p == max(members, key=lambda i: (float(sim[i]), -i))
+    rows = torch.tensor(cands + labelled)
+    mask = torch.arange(rows.numel()) >= len(cands)
+    assert torch.equal(picks, torch.tensor(cands)[select_by_assignment(fine[rows], sim[rows], mask, 3, 5)])
+    assert torch.equal(build_strategy("prototypes", source="pcl").select(ctx, 3), picks)
+    coarse_picks = build_strategy("prototypes", level=0).select(ctx, 2)
+    assert sorted(int(coarse[p]) for p in coarse_picks) == [0, 1]  # both coarse prototypes hold a label: one each
+    # k-means on the features when asked, or when the run has no prototypes
+    plain = context(x, cands, labelled, seed=1)
+    by_kmeans = build_strategy("prototypes").select(plain, 3)
+    assert torch.equal(build_strategy("prototypes", source="kmeans").select(ctx, 3), by_kmeans)
+    with pytest.raises(SsalError, match="source=pcl needs the prototypes of a PCL pretraining"):
+        build_strategy("prototypes", source="pcl").select(plain, 3)
+    with pytest.raises(SsalError, match="level=2: the PCL pretraining has 2 granularities"):
+        build_strategy("prototypes", level=2).select(ctx, 3)
+    with pytest.raises(SsalError, match="strategy_options.source=centroids"):
+        build_strategy("prototypes", source="centroids")
 
 
 # -- every new strategy --------------------------------------------------------------

@@ -31,15 +31,27 @@ def test_presets_resolve():
     assert list(moby.train.milestones) == [120, 160] and moby.seed == 3
 
 
-def test_cpu_vicreg_preset_is_the_benchmarked_row(tmp_path):
+def test_cpu_vicreg_preset_is_the_benchmarked_row(tmp_path, monkeypatch):
     """The numbers quoted in the preset's comment belong to one grid row of
-    BENCHMARKS.md; the preset must resolve to exactly that row's config."""
+    BENCHMARKS.md; the preset must resolve to exactly that row's config on a CPU
+    like the one it was measured on (native bfloat16, where amp_cpu=auto is on)."""
+    import ssal.train
+    from ssal.loop import _config_diff
+
     grid = yaml.safe_load((Path(__file__).resolve().parents[1] / "benchmarks" / "grids" / "cpu-ssl-modes-cifar10.yaml").read_text())
     grid["out"] = str(tmp_path / "runs")  # not the checkout's run folders
     (tmp_path / "grid.yaml").write_text(yaml.safe_dump(grid))
     row = next(r for r in load_grid(tmp_path / "grid.yaml").runs if r.name == "pretrain-vicreg120-coreset-60ep-seed0")
     preset = resolve_config("cpu-vicreg-cifar10", [f"dataset={row.cfg.dataset}", "seed=0", f"out={row.cfg.out}", f"threads={row.cfg.threads}"])
-    assert OmegaConf.to_container(preset) == OmegaConf.to_container(row.cfg)
+    want, got = OmegaConf.to_container(row.cfg), OmegaConf.to_container(preset)
+    assert (got["train"]["amp_cpu"], got["ssl"]["amp_cpu"], want["train"]["amp_cpu"], want["ssl"]["amp_cpu"]) == ("auto", "auto", True, True)
+    monkeypatch.setattr(ssal.train, "cpu_has_native_bfloat16", lambda: True)
+    assert _config_diff(want, got) == []
+    monkeypatch.setattr(ssal.train, "cpu_has_native_bfloat16", lambda: False)
+    assert _config_diff(want, got) == ["ssl.amp_cpu", "train.amp_cpu"]
+    for part in ("train", "ssl"):
+        got[part]["amp_cpu"] = True
+    assert got == want
 
 
 @pytest.mark.parametrize(

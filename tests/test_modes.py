@@ -5,6 +5,7 @@ MoBYv2AL code (METHODS.md sec. 2)."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -21,6 +22,7 @@ from ssal.errors import SsalError
 from ssal.loop import run_experiment
 from ssal.models import build_model
 from ssal.ssl import build_ssl
+from ssal.strategies.prototypes import select_by_assignment
 
 TINY = ["model_width=8", "train.epochs=1", "train.min_steps=0", "train.batch_size=32", "plot=false", "val_size=100"]
 JOINT = [*TINY, "train.mode=joint", "ssl.options.queue_size=64", "ssl.options.hidden_dim=32", "ssl.options.proj_dim=16"]
@@ -332,6 +334,46 @@ def test_pretrain_and_frozen_modes_share_one_cached_pretraining(tmp_path):
     state = json.loads((tmp_path / "f" / "state.json").read_text())
     assert state["ssl_backbone"] and (tmp_path / "f" / "model.pt").exists()
     assert rf[0]["train_steps"] == 30 * 2  # the head alone: 30 epochs of ceil(40 / 32) steps
+
+
+def test_prototype_selection_reuses_the_prototypes_of_the_pcl_pretraining(tmp_path):
+    """A PCL pretraining saves its final prototypes beside the backbone; the
+    prototypes strategy (cold start and later cycles) then serves PCL's own
+    prototypes, at the granularity whose K is closest to |L| + budget."""
+    from ssal.loop import pool_prototypes, prepare_splits
+    from ssal.pretrain import PROTOTYPES_FILE, load_prototypes
+
+    caps = "class_caps={0: 60, 1: 60, 2: 60, 3: 60, 4: 60, 5: 60, 6: 60, 7: 60, 8: 60, 9: 60}"
+    pcl = ["ssl.method=pcl", "ssl.epochs=2", "ssl.batch_size=64", "ssl.options.num_clusters=[10,40,70]", "ssl.options.warmup_epochs=1",
+           "ssl.options.queue_size=64", "ssl.options.hidden_dim=32", "ssl.options.proj_dim=16"]
+    cfg = resolve_config(None, ["initial=40", "budget=30", "cycles=2", f"out={tmp_path / 'f'}", *TINY, *pcl, f"cache_dir={tmp_path / 'cache'}",
+                                caps, "train.mode=frozen", "strategy=prototypes", "strategy_options.source=pcl", "initial_strategy=prototypes"])
+    records = run_experiment(cfg, progress=False, log=lambda s: None)
+    assert [r["n_labelled"] for r in records] == [40, 70]
+    state = json.loads((tmp_path / "f" / "state.json").read_text())
+    folder = Path(state["ssl_backbone"])
+    assert (folder / PROTOTYPES_FILE).is_file() and (folder / "backbone.pt").is_file()
+    splits = prepare_splits(cfg, progress=False)
+    levels = load_prototypes(folder, splits.ssl_images)
+    assert [lv["centroids"].shape[0] for lv in levels] == [10, 40, 70]
+    assert all(lv["assignments"].shape == (len(splits.ssl_images),) for lv in levels)
+    assert load_prototypes(folder, splits.ssl_images[1:]) is None  # prototypes of other images are not used
+    lookup = pool_prototypes(levels, splits.pool_ssl_index)
+    order = state["pool"]["order"]
+    pool = torch.arange(len(splits.pool))
+    _, assign, sim = lookup(pool)[1]  # cold start: |L| + budget = 0 + 40 -> K = 40
+    first = torch.tensor(order[:40])
+    assert torch.equal(first, select_by_assignment(assign, sim, torch.zeros(len(pool), dtype=torch.bool), 40, 40))
+    held = assign.unique().numel()  # prototypes holding pool images (2 epochs of a tiny network: many stay empty)
+    assert held >= 2 and assign[first[:held]].unique().numel() == held  # one representative per prototype first
+    for p in first[:held].tolist():  # each the pool image most similar to its prototype
+        members = (assign == assign[p]).nonzero().view(-1)
+        assert float(sim[p]) == float(sim[members].max())
+    _, assign, sim = lookup(pool)[2]  # cycle 0 picks: |L| + budget = 70 -> K = 70
+    labelled = torch.zeros(len(pool), dtype=torch.bool)
+    labelled[first] = True
+    want = select_by_assignment(assign, sim, labelled, 30, 70)
+    assert order[40:70] == want.tolist()
 
 
 @pytest.mark.parametrize("mode", ["supervised", "joint"])

@@ -255,6 +255,29 @@ def test_e_step_and_scoring_without_side_effects() -> None:
     assert pcl.prototypes() == [] and not pcl.has_prototypes
 
 
+def test_final_prototypes_cluster_the_final_momentum_features_without_side_effects() -> None:
+    enc = _backbone()
+    pcl = PCL(enc, enc.feat_dim, queue_size=32, num_clusters=(3, 6), warmup_epochs=0, num_negatives=2)
+    images = torch.randn(60, 3, 16, 16, generator=torch.Generator().manual_seed(4))
+    pcl.epoch_start(2, _batches(images))
+    state = [t.clone() for t in pcl.centroids + pcl.assignments + pcl.phis]
+    gen_state = pcl._generator.get_state()
+    levels = pcl.final_prototypes(_batches(images))
+    assert pcl.epoch == 2 and torch.equal(pcl._generator.get_state(), gen_state)  # the training state is untouched
+    assert all(torch.equal(x, y) for x, y in zip(pcl.centroids + pcl.assignments + pcl.phis, state))
+    feats = pcl.momentum_features(_batches(images))
+    assert [lv["centroids"].shape[0] for lv in levels] == [3, 6]
+    for lv in levels:
+        assert lv["assignments"].shape == lv["similarity"].shape == (60,)
+        sims = feats @ lv["centroids"].t()
+        torch.testing.assert_close(sims.gather(1, lv["assignments"][:, None]).squeeze(1), lv["similarity"])  # cosine to its prototype
+        torch.testing.assert_close(lv["similarity"], sims.max(1).values, atol=1e-5, rtol=0)  # which is the nearest
+    pcl.epoch_start(3, _batches(images))  # seeded as the next epoch's E-step: the same clustering
+    for lv, (c, a) in zip(levels, pcl.prototypes()):
+        assert torch.equal(lv["assignments"], a) and torch.equal(lv["centroids"], c)
+    assert build_ssl("mocov2", _backbone(), 256).final_prototypes(_batches(images)) is None  # methods without prototypes
+
+
 def test_auto_num_clusters() -> None:
     assert auto_num_clusters(50_000) == (50, 100, 200)
     assert auto_num_clusters(5_000) == (5, 10, 20)

@@ -224,7 +224,7 @@ def test_context_carries_no_pool_labels() -> None:
     are those of the labelled set and of the validation split, in NetworkAccess
     (tests/test_network_access.py checks what the loop puts there)."""
     assert [f.name for f in dataclasses.fields(SelectionContext)] == [
-        "candidates", "labelled", "embed", "generator", "ssl_loss", "network", "predicted_loss"
+        "candidates", "labelled", "embed", "generator", "ssl_loss", "network", "predicted_loss", "ssl_prototypes"
     ]
     label_fields = [f.name for f in dataclasses.fields(NetworkAccess) if "label" in f.name or f.name == "reference"]
     assert label_fields == ["labelled_images", "labelled_labels", "reference"]

@@ -39,7 +39,7 @@ from .modes import (
     setup_mode,
     train_cycle,
 )
-from .pretrain import crop_scale
+from .pretrain import crop_scale, load_prototypes
 from .train import amp_cpu_on, amp_cpu_warning, amp_enabled
 from .strategies import SelectionContext, build_strategy
 from .utils import atomic_torch_save, atomic_write_json, atomic_write_text, derive_seed, generator, resolve_device
@@ -61,6 +61,7 @@ class Splits:
     classes: list[str]
     pool_source_index: torch.Tensor  # pool index -> index in the dataset's train split
     ssl_images: torch.Tensor  # every train-split image kept (pool + validation), in dataset order, for SSL pretraining
+    pool_ssl_index: torch.Tensor  # pool index -> row of ssl_images
 
 
 def prepare_splits(cfg: DictConfig, progress: bool = True) -> Splits:
@@ -76,7 +77,24 @@ def prepare_splits(cfg: DictConfig, progress: bool = True) -> Splits:
     pool_pos, val_pos = split_validation(train.labels[kept], val_size, derive_seed(cfg.seed, "val"))
     pool_idx, val_idx = kept[pool_pos], kept[val_pos]
     pool = ActivePool(train.images[pool_idx], GroundTruthOracle(train.labels[pool_idx]), train.num_classes)
-    return Splits(pool, train.subset(val_idx), test, list(train.classes), pool_idx, train.images[kept.sort().values])
+    kept_sorted = kept.sort().values
+    return Splits(
+        pool, train.subset(val_idx), test, list(train.classes), pool_idx, train.images[kept_sorted], torch.searchsorted(kept_sorted, pool_idx)
+    )
+
+
+def pool_prototypes(levels: list[dict[str, torch.Tensor]] | None, pool_ssl_index: torch.Tensor):
+    """``SelectionContext.ssl_prototypes`` from the prototypes of an SSL cache
+    (:func:`ssal.pretrain.load_prototypes`, rows of ``ssl_images``): pool indices
+    -> ``(K, prototype id, cosine similarity)`` per granularity; None without."""
+    if not levels:
+        return None
+
+    def lookup(idx: torch.Tensor) -> list[tuple[int, torch.Tensor, torch.Tensor]]:
+        rows = pool_ssl_index[idx]
+        return [(int(lv["centroids"].shape[0]), lv["assignments"][rows], lv["similarity"][rows]) for lv in levels]
+
+    return lookup
 
 
 def _git_commit() -> str | None:
@@ -159,6 +177,7 @@ class Experiment:
             cfg, pool.images, val, (splits.test.images, splits.test.labels), splits.ssl_images, len(splits.classes), device, self.progress, self.log,
             init=init,
         )
+        self._prototypes = pool_prototypes(load_prototypes(md.ssl_folder, splits.ssl_images) if md.ssl_folder else None, splits.pool_ssl_index)
         md.classifier_dropout = float(strategy.classifier_dropout)
         md.loss_prediction = strategy.loss_prediction
 
@@ -226,7 +245,9 @@ class Experiment:
         cand = torch.arange(pool_size)
         if cfg.subset is not None and cfg.subset < pool_size:
             cand = torch.randperm(pool_size, generator=g)[: max(cfg.subset, cfg.initial)].sort().values
-        ctx = SelectionContext(candidates=cand, labelled=torch.empty(0, dtype=torch.long), embed=embed, generator=g)
+        ctx = SelectionContext(
+            candidates=cand, labelled=torch.empty(0, dtype=torch.long), embed=embed, generator=g, ssl_prototypes=self._prototypes
+        )
         picks = initial_strategy.select(ctx, cfg.initial)
         _check_picks(picks, cand, cfg.initial)
         return picks
@@ -264,6 +285,7 @@ class Experiment:
                 # built only for strategies that read it: it copies L's images and reads their labels
                 network=trained.network_access(pool.labelled, pool.targets(pool.labelled)) if strategy.needs_network else None,
                 predicted_loss=trained.predicted_loss,
+                ssl_prototypes=self._prototypes,
             )
             picks = strategy.select(ctx, cfg.budget)
             _check_picks(picks, cand, cfg.budget)

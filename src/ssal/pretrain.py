@@ -42,6 +42,7 @@ from .train import _bar, _memory_format, _Stepper, amp_cpu_on, amp_cpu_warning, 
 from .utils import atomic_torch_save, atomic_write_json, derive_seed, generator
 
 CACHE_FORMAT = 1
+PROTOTYPES_FILE = "prototypes.pt"  # an SSL cache's prototypes for selection (PCL), beside backbone.pt
 # SSL settings that do not change the result (where and how often to save)
 _NOT_IN_KEY = {"cache_dir", "checkpoint_minutes", "lambda_c", "views", "low_loss_fraction"}
 
@@ -270,6 +271,10 @@ def _run(images, model, model_kwargs, ssl_cfg, mean, std, device, folder: Path, 
         save_checkpoint()
         last_save = time.perf_counter()
     bar.close()
+    protos = method.final_prototypes(prepared_batches(images_dev, prepare, device, 512, fmt))
+    if protos is not None:  # written before backbone.pt, which marks the cache finished
+        levels = [{k: v.detach().cpu() for k, v in level.items()} for level in protos]
+        atomic_torch_save({"format": 1, "images": fp, "levels": levels}, folder / PROTOTYPES_FILE)
     meta["seconds"] = round(seconds, 1)
     meta["steps"] = step
     backbone = {k: v.detach().cpu() for k, v in method.encoder.state_dict().items()}
@@ -278,6 +283,18 @@ def _run(images, model, model_kwargs, ssl_cfg, mean, std, device, folder: Path, 
     ckpt_path.unlink(missing_ok=True)
     log(f"ssl: pretraining done in {seconds / 60:.1f} min -> {folder / 'backbone.pt'}")
     return backbone, meta, folder
+
+
+def load_prototypes(folder: str | Path, images: torch.Tensor) -> list[dict[str, torch.Tensor]] | None:
+    """The prototypes saved by :func:`pretrain` in ``folder`` (PCL), one dict per
+    granularity (``centroids``, ``assignments``, ``similarity``; the last two
+    index ``images``), or None when the cache has none or computed them on other
+    images than ``images`` (a backbone pretrained on another dataset)."""
+    file = Path(folder) / PROTOTYPES_FILE
+    if not file.is_file():
+        return None
+    saved = torch.load(file, map_location="cpu")
+    return saved["levels"] if saved.get("images") == images_fingerprint(images) else None
 
 
 def load_backbone(path: str | Path) -> tuple[torch.nn.Module, dict[str, Any]]:

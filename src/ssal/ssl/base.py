@@ -188,6 +188,12 @@ class SSLMethod(nn.Module, ABC):
         un-augmented training images in index order (the ``index`` passed to
         :meth:`forward` refers to this order); PCL's E-step clusters them."""
 
+    def final_prototypes(self, batches: Callable[[], Iterable[Tensor]]) -> list[dict[str, Tensor]] | None:
+        """Prototypes of the trained model for prototype selection, saved with an
+        SSL pretraining (PCL: see :meth:`ssal.ssl.pcl.PCL.final_prototypes`);
+        None for methods that learn none."""
+        return None
+
     def check_images(self, n: int) -> None:
         """Called once before training on ``n`` images per epoch; raises a
         one-line :class:`SsalError` if the per-epoch step cannot handle them

@@ -357,15 +357,34 @@ class PCL(MoCoV2):
             self.centroids, self.phis, self.assignments = [], [], []
             return
         feats = self.momentum_features(batches)
+        self.centroids, self.phis, self.assignments = self._e_step(feats, self.epoch)
+
+    def _e_step(self, feats: Tensor, epoch: int) -> tuple[list[Tensor], list[Tensor], list[Tensor]]:
+        """Spherical k-means of ``feats`` per granularity and the concentrations:
+        ``(centroids, phis, assignments)``, one entry per granularity."""
         centroids, phis, assignments = [], [], []
         for m, k in enumerate(self.clusters_for(int(feats.shape[0]))):
-            seed = (self.seed + 7919 * self.epoch + 104729 * m) % (2**31 - 1)
+            seed = (self.seed + 7919 * epoch + 104729 * m) % (2**31 - 1)
             c, a = spherical_kmeans(feats, k, seed, self.kmeans_niter)
             c = F.normalize(c.float(), dim=1)
             centroids.append(c)
             assignments.append(a.long())
             phis.append(concentration(feats, a, c, k, self.alpha, self.temperature))
-        self.centroids, self.phis, self.assignments = centroids, phis, assignments
+        return centroids, phis, assignments
+
+    def final_prototypes(self, batches: Callable[[], Iterable[Tensor]]) -> list[dict[str, Tensor]]:
+        """The prototypes of the trained model, for prototype selection (METHODS.md
+        sec. 5, "Use in AL: pick per-prototype representatives"): one more E-step
+        on the final momentum encoder (seeded as epoch ``self.epoch + 1``), per
+        granularity ``{"centroids" (k, d), "assignments" (N,), "similarity" (N,)}``,
+        the last being each image's cosine similarity to its prototype. Leaves the
+        training state unchanged."""
+        feats = self.momentum_features(batches)
+        centroids, _, assignments = self._e_step(feats, self.epoch + 1)
+        return [
+            {"centroids": c, "assignments": a, "similarity": (feats * c[a]).sum(1)}
+            for c, a in zip(centroids, assignments)
+        ]
 
     def get_extra_state(self) -> dict:
         """The E-step's result and the negative-draw generator, saved with

@@ -68,6 +68,10 @@ class SelectionContext:
         joint, pretrain; None in frozen mode and at cold start).
     predicted_loss: pool indices -> (n,) losses predicted by the Learning Loss
         module trained this cycle (None when none was trained).
+    ssl_prototypes: pool indices -> one ``(K, prototype id (n,), cosine
+        similarity to that prototype (n,))`` per granularity, from the prototypes
+        saved by the run's SSL pretraining (PCL's final E-step on its momentum
+        encoder, which saw no label); None when the run has none.
     """
 
     candidates: torch.Tensor
@@ -77,6 +81,7 @@ class SelectionContext:
     ssl_loss: Callable[[torch.Tensor], torch.Tensor] | None = None
     network: NetworkAccess | None = None
     predicted_loss: Callable[[torch.Tensor], torch.Tensor] | None = None
+    ssl_prototypes: Callable[[torch.Tensor], list[tuple[int, torch.Tensor, torch.Tensor]]] | None = None
 
 
 def require_network(ctx: SelectionContext, name: str) -> NetworkAccess:

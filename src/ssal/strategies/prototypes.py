@@ -15,8 +15,17 @@ over all prototypes. A prototype whose candidates are all picked leaves the
 rotation; every candidate belongs to some prototype, so ``budget`` picks are
 always reached.
 
-:func:`select_by_prototypes` is the pure selection rule; it takes any
-centroids, e.g. those of a trained PCL model, instead of running k-means.
+With ``source="pcl"`` the prototypes are those of the run's PCL pretraining
+instead (``ctx.ssl_prototypes``: the final E-step's clustering of the momentum
+encoder's projections, saved beside the cached backbone), at the granularity
+whose K is closest to |L| + budget (or ``level``); the rule is the same, with
+PCL's assignments and cosine similarities. ``source="auto"`` (the default) uses
+them when the run has them (``train.mode=pretrain`` or ``frozen`` with
+``ssl.method=pcl``, or a PCL ``train.init_backbone`` pretrained on this run's
+images) and k-means otherwise.
+
+:func:`select_by_prototypes` is the pure selection rule for any centroids;
+:func:`select_by_assignment` the same for a given clustering.
 """
 
 from __future__ import annotations
@@ -27,7 +36,7 @@ from ..errors import SsalError
 from .base import SelectionContext, Strategy, check_request, normalised_features
 from ..clustering import draw_seed, kmeans, l2_normalise, round_robin
 
-__all__ = ["PrototypeStrategy", "select_by_prototypes"]
+__all__ = ["PrototypeStrategy", "select_by_assignment", "select_by_prototypes"]
 
 
 def select_by_prototypes(
@@ -53,14 +62,31 @@ def select_by_prototypes(
         raise SsalError(f"centroids must be (K >= 1, {x.shape[1]}), got {tuple(c.shape)}")
     if mask.numel() != n:
         raise SsalError(f"labelled_mask has {mask.numel()} entries for {n} feature rows")
+    sim = x @ c.T  # (N, K); fine in memory for K <= a few thousand
+    best, assign = sim.max(1)  # first maximum: lowest prototype id
+    return select_by_assignment(assign, best, mask, budget, c.shape[0])
+
+
+def select_by_assignment(
+    assign: torch.Tensor, similarity: torch.Tensor, labelled_mask: torch.Tensor, budget: int, k: int
+) -> torch.Tensor:
+    """The rule of :func:`select_by_prototypes` on a given clustering: row ``i``
+    belongs to prototype ``assign[i]`` (in ``[0, k)``) with cosine
+    ``similarity[i]``; the same tie-breaks. Returns ``budget`` distinct
+    unlabelled row indices in pick order."""
+    assign = assign.detach().cpu().long().view(-1)
+    best = similarity.detach().cpu().view(-1)
+    mask = labelled_mask.detach().cpu().to(torch.bool).view(-1)
+    n = assign.numel()
+    if best.numel() != n or mask.numel() != n:
+        raise SsalError(f"assignments, similarities and labelled_mask differ in length: {n}, {best.numel()}, {mask.numel()}")
+    if n and not 0 <= int(assign.min()) <= int(assign.max()) < k:
+        raise SsalError(f"prototype ids must lie in [0, {k})")
     free = (~mask).nonzero().view(-1)
     if not 0 <= budget <= free.numel():
         raise SsalError(f"budget {budget} must lie in [0, {free.numel()}] (the number of unlabelled rows)")
     if budget == 0:
         return torch.empty(0, dtype=torch.long)
-    k = c.shape[0]
-    sim = x @ c.T  # (N, K); fine in memory for K <= a few thousand
-    best, assign = sim.max(1)  # first maximum: lowest prototype id
     sizes = torch.bincount(assign, minlength=k)
     labelled_counts = torch.bincount(assign[mask], minlength=k)
     # Unlabelled rows grouped by prototype, most similar first, lower row on ties.
@@ -80,31 +106,61 @@ def select_by_prototypes(
 
 
 class PrototypeStrategy(Strategy):
-    """Per-prototype representatives of a spherical k-means on the features of
-    ``ctx.embed``; see the module docstring."""
+    """Per-prototype representatives of the run's PCL prototypes or of a
+    spherical k-means on the features of ``ctx.embed``; see the module docstring."""
 
     name = "prototypes"
-    summary = "representatives of spherical k-means prototypes that hold no label (PCL-style)"
+    summary = "representatives of prototypes that hold no label: a PCL pretraining's own, else spherical k-means"
 
-    def __init__(self, num_prototypes: int | None = None, max_prototypes: int = 500, niter: int = 20) -> None:
+    def __init__(
+        self,
+        num_prototypes: int | None = None,
+        max_prototypes: int = 500,
+        niter: int = 20,
+        source: str = "auto",
+        level: int | None = None,
+    ) -> None:
         if (num_prototypes is not None and num_prototypes < 1) or max_prototypes < 1 or niter < 1:
             raise SsalError(
                 f"prototypes needs num_prototypes >= 1 (or None), max_prototypes >= 1, niter >= 1; "
                 f"got {num_prototypes}, {max_prototypes}, {niter}"
             )
+        if source not in ("auto", "kmeans", "pcl"):
+            raise SsalError(f"invalid value strategy_options.source={source}: choose one of: auto, kmeans, pcl")
+        if level is not None and (isinstance(level, bool) or not isinstance(level, int) or level < 0):
+            raise SsalError(f"invalid value strategy_options.level={level}: a granularity index >= 0, or null for the K closest to |L| + budget")
         self.num_prototypes = num_prototypes
         self.max_prototypes = max_prototypes
         self.niter = niter
+        self.source = source
+        self.level = level
 
     def select(self, ctx: SelectionContext, budget: int) -> torch.Tensor:
         check_request(ctx, budget)
+        if self.source == "pcl" and ctx.ssl_prototypes is None:
+            raise SsalError(
+                "strategy prototypes with source=pcl needs the prototypes of a PCL pretraining on this run's images: "
+                "train.mode=pretrain or frozen with ssl.method=pcl (caches pretrained before this option have none: pretrain again)"
+            )
         if budget == 0:
             return torch.empty(0, dtype=torch.long)
         n = ctx.candidates.numel()
-        x = normalised_features(ctx)
-        total = x.shape[0]
-        k = self.num_prototypes or min(ctx.labelled.numel() + budget, self.max_prototypes)
-        centroids, _ = kmeans(x, min(k, total), draw_seed(ctx.generator), niter=self.niter, spherical=True)
-        labelled = torch.zeros(total, dtype=torch.bool)
+        rows = torch.cat([ctx.candidates, ctx.labelled])
+        labelled = torch.zeros(rows.numel(), dtype=torch.bool)
         labelled[n:] = True
+        want = self.num_prototypes or min(ctx.labelled.numel() + budget, self.max_prototypes)
+        if self.source != "kmeans" and ctx.ssl_prototypes is not None:
+            levels = ctx.ssl_prototypes(rows)
+            if self.level is not None and self.level >= len(levels):
+                raise SsalError(f"invalid value strategy_options.level={self.level}: the PCL pretraining has {len(levels)} granularities")
+            m = self.level if self.level is not None else pick_level([k for k, _, _ in levels], want)
+            k, assign, sim = levels[m]
+            return ctx.candidates[select_by_assignment(assign, sim, labelled, budget, k)]
+        x = normalised_features(ctx)
+        centroids, _ = kmeans(x, min(want, x.shape[0]), draw_seed(ctx.generator), niter=self.niter, spherical=True)
         return ctx.candidates[select_by_prototypes(x, centroids, labelled, budget)]
+
+
+def pick_level(ks: list[int], want: int) -> int:
+    """Index of the granularity whose K is closest to ``want`` (ties: the finer)."""
+    return min(range(len(ks)), key=lambda m: (abs(ks[m] - want), -ks[m]))
