@@ -346,3 +346,19 @@ def test_ball_graph_refuses_a_delta_that_joins_too_many_pairs() -> None:
     indptr, _ = delta_ball_graph(x, 0.5, max_edges=19900)
     with pytest.raises(SsalError, match="joins 19,900 of the 19,900 pairs"):
         delta_ball_graph(x, 2.5, max_edges=19899)
+
+
+def test_initial_strategy_options_reach_the_cold_start_strategy(tmp_path) -> None:
+    from ssal.config import resolve_config
+    from ssal.loop import run_experiment
+
+    base = ["initial=20", "budget=10", "cycles=1", "model_width=8", "train.epochs=1", "plot=false", "val_size=50", "initial_strategy=prototypes"]
+    run = lambda *extra: run_experiment(resolve_config(None, [*base, f"out={tmp_path / str(len(extra))}", *extra]), progress=False, log=lambda s: None)  # noqa: E731
+    with pytest.raises(SsalError, match="source=pcl needs the prototypes of a PCL pretraining"):
+        run("initial_strategy_options.source=pcl")  # no PCL cache in a supervised run: the option arrived
+    with pytest.raises(SsalError, match=r"no option 'sorce' \(initial_strategy_options.sorce\)"):
+        run("initial_strategy_options.sorce=pcl")
+    with pytest.raises(SsalError, match="initial_strategy_options=.*initial_strategy=random takes no options"):
+        resolve_config(None, ["initial_strategy_options.source=pcl"])
+    (rec,) = run("initial_strategy_options.source=kmeans")
+    assert rec["n_labelled"] == 20

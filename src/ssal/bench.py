@@ -212,7 +212,7 @@ def _check_run(cfg: DictConfig) -> None:
     _check_names(cfg)
     strategy = build_strategy(cfg.strategy, **dict(cfg.strategy_options))
     if cfg.initial_strategy != "random":
-        build_strategy(cfg.initial_strategy)
+        build_strategy(cfg.initial_strategy, "initial_strategy_options", **dict(cfg.initial_strategy_options))
     check_loss_prediction_mode(cfg.train.mode, strategy.loss_prediction)
     if getattr(strategy, "needs_reference", False) and not cfg.val_size:
         raise SsalError(f"strategy {cfg.strategy!r} needs a labelled reference set: set val_size > 0")

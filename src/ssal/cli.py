@@ -44,7 +44,10 @@ Keys (see `ssal list keys` for all of them and their defaults):
                learning_loss | badge | bald | vaal   (`ssal list strategies`)
   strategy_options.<name>  options of the strategy, e.g.
                strategy_options.mode=last_layer for isal, .passes=30 for bald
-  initial      size of the random initial labelled set
+  initial      size of the initial labelled set
+  initial_strategy  random | typiclust | probcover | prototypes | coreset: how
+               the initial set is chosen (cold start), with its options in
+               initial_strategy_options.<name>
   budget       images labelled per cycle
   cycles       number of train/evaluate rounds (|L| = initial + budget * cycle)
   subset       candidates scored per cycle (random subset of the pool), or all

@@ -114,6 +114,7 @@ class Config:
     out: Optional[str] = None  # run folder; default runs/<dataset>-<strategy>-seed<seed>
     plot: bool = True
     initial_strategy: str = "random"  # how the initial set is chosen: random, or a strategy on the SSL features (cold start)
+    initial_strategy_options: dict[str, Any] = field(default_factory=dict)  # options of initial_strategy, e.g. {source: kmeans} for prototypes
     train: TrainConfig = field(default_factory=TrainConfig)
     ssl: SSLConfig = field(default_factory=SSLConfig)
     log: LogConfig = field(default_factory=LogConfig)
@@ -222,6 +223,12 @@ def validate(cfg: DictConfig) -> None:
         "initial_strategy",
         cfg.initial_strategy,
         f"choose one of: {', '.join(INITIAL_STRATEGIES)} (strategies that need no trained classifier)",
+    )
+    need(
+        not cfg.initial_strategy_options or cfg.initial_strategy != "random",
+        "initial_strategy_options",
+        dict(cfg.initial_strategy_options),
+        "initial_strategy=random takes no options",
     )
     need(t.mode in TRAIN_MODES, "train.mode", t.mode, f"choose one of: {', '.join(TRAIN_MODES)}")
     need(t.head in ("linear", "mlp"), "train.head", t.head, "choose one of: linear, mlp")

@@ -58,15 +58,16 @@ def describe(name: str) -> str:
     return STRATEGIES[name].summary + (f"  [{opts}]" if opts else "")
 
 
-def build_strategy(name: str, **kwargs: Any) -> Strategy:
-    """The strategy registered as ``name``; unknown names and options raise SsalError."""
+def build_strategy(name: str, _key: str = "strategy_options", **kwargs: Any) -> Strategy:
+    """The strategy registered as ``name``; unknown names and options raise
+    SsalError (naming the options as ``_key``, the config key they came from)."""
     if name not in STRATEGIES:
         raise SsalError(f"unknown strategy {name!r}; choose one of: {', '.join(STRATEGIES)}")
     known = strategy_options(name)
     unknown = sorted(set(kwargs) - set(known))
     if unknown:
         takes = ", ".join(known) or "none"
-        raise SsalError(f"bad options for strategy {name!r}: no option {unknown[0]!r} (strategy_options.{unknown[0]}); it takes: {takes}")
+        raise SsalError(f"bad options for strategy {name!r}: no option {unknown[0]!r} ({_key}.{unknown[0]}); it takes: {takes}")
     try:
         return STRATEGIES[name](**kwargs)
     except TypeError as err:
