@@ -83,7 +83,9 @@ def prepare_splits(cfg: DictConfig, progress: bool = True) -> Splits:
     )
 
 
-def pool_prototypes(levels: list[dict[str, torch.Tensor]] | None, pool_ssl_index: torch.Tensor):
+def pool_prototypes(
+    levels: list[dict[str, torch.Tensor]] | None, pool_ssl_index: torch.Tensor
+) -> Callable[[torch.Tensor], list[tuple[int, torch.Tensor, torch.Tensor]]] | None:
     """``SelectionContext.ssl_prototypes`` from the prototypes of an SSL cache
     (:func:`ssal.pretrain.load_prototypes`, rows of ``ssl_images``): pool indices
     -> ``(K, prototype id, cosine similarity)`` per granularity; None without."""
@@ -152,7 +154,9 @@ class Experiment:
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
             torch.backends.cudnn.benchmark = False
         strategy = build_strategy(cfg.strategy, **dict(cfg.strategy_options))
-        initial_strategy = None if cfg.initial_strategy == "random" else build_strategy(cfg.initial_strategy, "initial_strategy_options", **dict(cfg.initial_strategy_options))
+        initial_strategy = None
+        if cfg.initial_strategy != "random":
+            initial_strategy = build_strategy(cfg.initial_strategy, "initial_strategy_options", **dict(cfg.initial_strategy_options))
         check_loss_prediction_mode(cfg.train.mode, strategy.loss_prediction)  # before any training
         if strategy.needs_network and cfg.train.mode == "frozen":
             raise SsalError(f"strategy {cfg.strategy!r} needs the trained network: use train.mode=supervised, joint or pretrain, not frozen")
