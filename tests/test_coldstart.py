@@ -286,6 +286,7 @@ def test_prototype_strategy_uses_the_pcl_prototypes_of_the_run() -> None:
     ctx = context(x, cands, labelled, seed=1)
     ctx.ssl_prototypes = _pcl_lookup([(coarse, sim), (fine, sim)])
     picks = build_strategy("prototypes").select(ctx, 3)  # |L| + budget = 5 -> the fine level
+    assert torch.equal(build_strategy("prototypes", max_prototypes=3).select(ctx, 3), picks)  # the k-means cap does not apply
     assert sorted(int(p) // 20 for p in picks) == [2, 3, 4]  # the prototypes that hold no label
     for p in picks.tolist():  # each the unlabelled image most similar to its prototype
         members = [i for i in cands if i // 20 == p // 20]

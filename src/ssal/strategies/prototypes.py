@@ -18,7 +18,8 @@ always reached.
 With ``source="pcl"`` the prototypes are those of the run's PCL pretraining
 instead (``ctx.ssl_prototypes``: the final E-step's clustering of the momentum
 encoder's projections, saved beside the cached backbone), at the granularity
-whose K is closest to |L| + budget (or ``level``); the rule is the same, with
+whose K is closest to |L| + budget (``max_prototypes`` does not apply: there
+is nothing to cluster) or at ``level``; the rule is the same, with
 PCL's assignments and cosine similarities. ``source="auto"`` (the default) uses
 them when the run has them (``train.mode=pretrain`` or ``frozen`` with
 ``ssl.method=pcl``, or a PCL ``train.init_backbone`` pretrained on this run's
@@ -148,15 +149,16 @@ class PrototypeStrategy(Strategy):
         rows = torch.cat([ctx.candidates, ctx.labelled])
         labelled = torch.zeros(rows.numel(), dtype=torch.bool)
         labelled[n:] = True
-        want = self.num_prototypes or min(ctx.labelled.numel() + budget, self.max_prototypes)
         if self.source != "kmeans" and ctx.ssl_prototypes is not None:
             levels = ctx.ssl_prototypes(rows)
             if self.level is not None and self.level >= len(levels):
                 raise SsalError(f"invalid value strategy_options.level={self.level}: the PCL pretraining has {len(levels)} granularities")
+            want = self.num_prototypes or ctx.labelled.numel() + budget  # no max_prototypes: nothing to cluster here
             m = self.level if self.level is not None else pick_level([k for k, _, _ in levels], want)
             k, assign, sim = levels[m]
             return ctx.candidates[select_by_assignment(assign, sim, labelled, budget, k)]
         x = normalised_features(ctx)
+        want = self.num_prototypes or min(ctx.labelled.numel() + budget, self.max_prototypes)
         centroids, _ = kmeans(x, min(want, x.shape[0]), draw_seed(ctx.generator), niter=self.niter, spherical=True)
         return ctx.candidates[select_by_prototypes(x, centroids, labelled, budget)]
 
