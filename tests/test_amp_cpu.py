@@ -155,3 +155,19 @@ def test_amp_cpu_auto_shares_the_cache_and_the_run_folder_of_what_it_chose(monke
     assert key(ssl("auto")) == key(ssl("false")) != key(ssl("true"))
     assert _config_diff(train("false"), train("auto")) == []
     assert _config_diff(train("true"), train("auto")) == ["train.amp_cpu"]  # resuming would switch precision mid-run
+
+
+def test_ssl_amp_cpu_true_on_an_emulating_cpu_warns_when_pretraining(monkeypatch, tmp_path):
+    from ssal.pretrain import pretrain
+
+    _native(monkeypatch, False)
+    train, _ = load_dataset("sample")
+    images = train.images[:64]
+    mean, std = channel_stats(images)
+    opts = ["ssl.method=rotation", "ssl.epochs=1", "ssl.batch_size=32", f"ssl.cache_dir={tmp_path}"]
+    lines: list[str] = []
+    for flag in ("true", "auto"):
+        cfg = resolve_config(None, [*TINY, *opts, f"ssl.amp_cpu={flag}"]).ssl
+        _, meta, _ = pretrain(images, "smallcnn", {"width": 8}, cfg, mean, std, CPU, progress=False, log=lines.append)
+        assert meta["amp"] is (flag == "true")  # auto chose float32 on this (pretend) CPU
+    assert sum("ssl.amp_cpu=true" in line for line in lines) == 1
