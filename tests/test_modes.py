@@ -354,10 +354,15 @@ def test_prototype_selection_reuses_the_prototypes_of_the_pcl_pretraining(tmp_pa
     folder = Path(state["ssl_backbone"])
     assert (folder / PROTOTYPES_FILE).is_file() and (folder / "backbone.pt").is_file()
     splits = prepare_splits(cfg, progress=False)
-    levels = load_prototypes(folder, splits.ssl_images)
+    levels = load_prototypes(folder)
     assert [lv["centroids"].shape[0] for lv in levels] == [10, 40, 70]
     assert all(lv["assignments"].shape == (len(splits.ssl_images),) for lv in levels)
-    assert load_prototypes(folder, splits.ssl_images[1:]) is None  # prototypes of other images are not used
+    # a supervised run starting from that backbone serves them too, unless they belong to other images
+    init = resolve_config(None, [*TINY, f"train.init_backbone={folder}", caps])
+    args = (splits.pool.images, None, (splits.test.images, splits.test.labels))
+    md = modes.setup_mode(init, *args, splits.ssl_images, 10, torch.device("cpu"), False, lambda s: None)
+    assert all(torch.equal(a["assignments"], b["assignments"]) for a, b in zip(md.ssl_prototypes, levels))
+    assert modes.setup_mode(init, *args, splits.ssl_images[1:], 10, torch.device("cpu"), False, lambda s: None).ssl_prototypes is None
     lookup = pool_prototypes(levels, splits.pool_ssl_index)
     order = state["pool"]["order"]
     pool = torch.arange(len(splits.pool))

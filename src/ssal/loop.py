@@ -39,7 +39,7 @@ from .modes import (
     setup_mode,
     train_cycle,
 )
-from .pretrain import crop_scale, load_prototypes
+from .pretrain import crop_scale
 from .train import amp_cpu_on, amp_cpu_warning, amp_enabled
 from .strategies import SelectionContext, build_strategy
 from .utils import atomic_torch_save, atomic_write_json, atomic_write_text, derive_seed, generator, resolve_device
@@ -87,7 +87,7 @@ def pool_prototypes(
     levels: list[dict[str, torch.Tensor]] | None, pool_ssl_index: torch.Tensor
 ) -> Callable[[torch.Tensor], list[tuple[int, torch.Tensor, torch.Tensor]]] | None:
     """``SelectionContext.ssl_prototypes`` from the prototypes of an SSL cache
-    (:func:`ssal.pretrain.load_prototypes`, rows of ``ssl_images``): pool indices
+    (``ModeData.ssl_prototypes``, rows of ``ssl_images``): pool indices
     -> ``(K, prototype id, cosine similarity)`` per granularity; None without."""
     if not levels:
         return None
@@ -181,7 +181,7 @@ class Experiment:
             cfg, pool.images, val, (splits.test.images, splits.test.labels), splits.ssl_images, len(splits.classes), device, self.progress, self.log,
             init=init,
         )
-        self._prototypes = pool_prototypes(load_prototypes(md.ssl_folder, splits.ssl_images) if md.ssl_folder else None, splits.pool_ssl_index)
+        self._prototypes = pool_prototypes(md.ssl_prototypes, splits.pool_ssl_index)
         md.classifier_dropout = float(strategy.classifier_dropout)
         md.loss_prediction = strategy.loss_prediction
 

@@ -68,6 +68,7 @@ class ModeData:
     progress: bool = True
     ssl_backbone: dict[str, torch.Tensor] | None = None
     ssl_folder: str | None = None  # the SSL cache folder the backbone came from
+    ssl_prototypes: list[dict[str, torch.Tensor]] | None = None  # its saved prototypes (PCL), rows of ssl_images
     frozen_features: dict[str, torch.Tensor] = field(default_factory=dict)
     classifier_dropout: float = 0.0  # asked for by the strategy (BALD's MC dropout)
     loss_prediction: dict | None = None  # asked for by the strategy (Learning Loss options)
@@ -335,21 +336,28 @@ def setup_mode(
     """Normalisation statistics and, for pretrain / frozen, the cached SSL
     pretraining on ``ssl_images`` (train-split images, no labels) and frozen
     features; ``init``: :func:`init_backbone` of ``cfg`` if already loaded."""
+    from .pretrain import images_fingerprint, load_prototypes
+
     mode = cfg.train.mode
     if mode in ("pretrain", "frozen"):
         backbone, meta, folder = run_pretraining(cfg, ssl_images, device, progress, log)
         md = ModeData(
             cfg, pool_images, val, test, num_classes, device, tuple(meta["mean"]), tuple(meta["std"]), progress, backbone, str(folder.resolve())
         )
+        md.ssl_prototypes = load_prototypes(folder)  # the cache is keyed by these images: its rows are ssl_images
         if mode == "frozen":
             md.frozen_features = frozen_features(md)
         return md
     if cfg.train.init_backbone:
         backbone, meta, file = init or init_backbone(cfg, int(pool_images.shape[1]))
         log(f"init: {cfg.model} backbone from {file} ({meta.get('method', '?')} pretraining)")
-        return ModeData(
+        md = ModeData(
             cfg, pool_images, val, test, num_classes, device, tuple(meta["mean"]), tuple(meta["std"]), progress, backbone, str(file.parent.resolve())
         )
+        protos = load_prototypes(file.parent)
+        if protos is not None and meta.get("images") == images_fingerprint(ssl_images):  # not those of another dataset's pretraining
+            md.ssl_prototypes = protos
+        return md
     mean, std = channel_stats(pool_images)
     return ModeData(cfg, pool_images, val, test, num_classes, device, mean, std, progress)
 

@@ -274,7 +274,7 @@ def _run(images, model, model_kwargs, ssl_cfg, mean, std, device, folder: Path, 
     protos = method.final_prototypes(prepared_batches(images_dev, prepare, device, 512, fmt))
     if protos is not None:  # written before backbone.pt, which marks the cache finished
         levels = [{k: v.detach().cpu() for k, v in level.items()} for level in protos]
-        atomic_torch_save({"format": 1, "images": fp, "levels": levels}, folder / PROTOTYPES_FILE)
+        atomic_torch_save({"format": 1, "levels": levels}, folder / PROTOTYPES_FILE)
     meta["seconds"] = round(seconds, 1)
     meta["steps"] = step
     backbone = {k: v.detach().cpu() for k, v in method.encoder.state_dict().items()}
@@ -285,16 +285,12 @@ def _run(images, model, model_kwargs, ssl_cfg, mean, std, device, folder: Path, 
     return backbone, meta, folder
 
 
-def load_prototypes(folder: str | Path, images: torch.Tensor) -> list[dict[str, torch.Tensor]] | None:
+def load_prototypes(folder: str | Path) -> list[dict[str, torch.Tensor]] | None:
     """The prototypes saved by :func:`pretrain` in ``folder`` (PCL), one dict per
     granularity (``centroids``, ``assignments``, ``similarity``; the last two
-    index ``images``), or None when the cache has none or computed them on other
-    images than ``images`` (a backbone pretrained on another dataset)."""
+    index the pretraining's images, ``meta["images"]``), or None when it saved none."""
     file = Path(folder) / PROTOTYPES_FILE
-    if not file.is_file():
-        return None
-    saved = torch.load(file, map_location="cpu")
-    return saved["levels"] if saved.get("images") == images_fingerprint(images) else None
+    return torch.load(file, map_location="cpu")["levels"] if file.is_file() else None
 
 
 def load_backbone(path: str | Path) -> tuple[torch.nn.Module, dict[str, Any]]:
