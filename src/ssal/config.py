@@ -40,7 +40,7 @@ class TrainConfig:
     augment: str = "weak"  # weak | strong | none
     warm_start: bool = False  # keep the previous cycle's weights instead of re-initialising
     amp: bool = True  # mixed precision on CUDA (bfloat16, or float16 with loss scaling)
-    amp_cpu: Any = False  # true | false | auto: bfloat16 autocast on the CPU too, training and inference. 1.6-1.9x faster per step on a CPU with AVX512-BF16 or AMX, 8-12x slower on one without (emulated); auto = on only where native (BENCHMARKS.md)
+    amp_cpu: Any = False  # true | false | auto: bfloat16 autocast on the CPU too, training and inference. 1.6-1.9x faster per step on an AVX512-BF16 CPU, 8-12x slower on an AVX2-only one (emulated); auto = on only with AVX512-BF16 or AMX (AMX not measured; BENCHMARKS.md)
     channels_last: bool = True
     eval_batch_size: int = 512
     head: str = "linear"  # frozen mode: linear | mlp head on the cached SSL features

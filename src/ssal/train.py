@@ -59,8 +59,9 @@ def lr_schedule(cfg: TrainConfig, steps_per_epoch: int, total_steps: int) -> lis
 @functools.cache
 def cpu_has_native_bfloat16() -> bool:
     """Whether this CPU computes bfloat16 in hardware (x86 AVX512-BF16 or AMX).
-    Without it oneDNN emulates bfloat16 and autocast makes a step 8-12x slower
-    than float32 (BENCHMARKS.md, "bfloat16 on the CPU"); with it, 1.6-1.9x faster."""
+    Measured (BENCHMARKS.md, "bfloat16 on the CPU"): 1.6-1.9x faster than float32
+    on an AVX512-BF16 CPU, 8-12x slower on an AVX2-only one, where oneDNN
+    emulates it. AMX CPUs are assumed to be like the first (not measured)."""
     try:
         return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
     except (AttributeError, RuntimeError):  # a torch without these probes: assume no
