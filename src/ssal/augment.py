@@ -569,6 +569,8 @@ class WeakView(_View):
     The standard CIFAR training augmentation (He et al., CVPR 2016) and MoBYv2AL's
     weak view, on which its classifier is trained (Caramalau et al., BMVC 2022).
     Crop and flip run on the uint8 batch, before conversion, to move 4x fewer bytes.
+    ``out_size`` (side, or (h, w)) resizes the result, bilinear with antialiasing
+    (the reduced-size SSL views of joint training, ``ssl.joint_image_size``).
     """
 
     def __init__(
@@ -578,17 +580,25 @@ class WeakView(_View):
         padding: int = 4,
         flip_p: float = 0.5,
         padding_mode: Literal["constant", "reflect"] = "constant",
+        out_size: int | tuple[int, int] | None = None,
         memory_format: torch.memory_format = torch.contiguous_format,
     ) -> None:
         super().__init__(mean, std, memory_format)
         self.padding = padding
         self.flip_p = flip_p
         self.padding_mode: Literal["constant", "reflect"] = padding_mode
+        self.out_size = out_size
 
     def __call__(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
         x = random_crop(x, self.padding, generator, padding_mode=self.padding_mode)
         x = random_flip(x, self.flip_p, generator)
-        return self._finish(x)
+        y = self._finish(x)
+        if self.out_size is not None:
+            size = (self.out_size, self.out_size) if isinstance(self.out_size, int) else tuple(self.out_size)
+            if tuple(y.shape[-2:]) != size:
+                y = F.interpolate(y, size=size, mode="bilinear", align_corners=False, antialias=True)
+                y = y.contiguous(memory_format=self.memory_format)
+        return y
 
 
 class StrongView(_View):

@@ -59,6 +59,10 @@ class SSLConfig:
     lambda_c: float = 0.5  # weight of the SSL loss
     views: str = "weak_strong"  # SSL views: weak_strong (classifier shares view 1) | strong_strong
     low_loss_fraction: float = 1.0  # <1: train on the unlabelled images with the lowest SSL loss (MoBYv2AL remedy)
+    # joint training: side in px of the views only the SSL loss reads (both views of an unlabelled batch, view 2 of a
+    # labelled one); 0 = native. Smaller is cheaper on a CPU; BatchNorm statistics are then re-estimated on the
+    # classifier's view of the labelled images after training
+    joint_image_size: int = 0
     # pretraining (pretrain / frozen modes); depends on no label and is cached on disk
     epochs: int = 30
     batch_size: int = 256
@@ -249,6 +253,8 @@ def validate(cfg: DictConfig) -> None:
     need(s.lr > 0, "ssl.lr", s.lr, "must be > 0")
     need(s.crop_scale is None or 0 < s.crop_scale <= 1, "ssl.crop_scale", s.crop_scale, "must be in (0, 1], or null for the method's default")
     need(s.image_size == 0 or s.image_size >= 8, "ssl.image_size", s.image_size, "must be 0 (native) or >= 8")
+    need(s.joint_image_size == 0 or s.joint_image_size >= 8, "ssl.joint_image_size", s.joint_image_size, "must be 0 (native) or >= 8")
+    need(s.joint_image_size == 0 or t.mode == "joint", "ssl.joint_image_size", s.joint_image_size, f"only joint training reads it (train.mode={t.mode}); set it to 0")
     need(s.multicrop >= 0, "ssl.multicrop", s.multicrop, "must be >= 0")
     need(s.multicrop == 0 or t.mode != "joint", "ssl.multicrop", s.multicrop, "small crops are for SSL pretraining (pretrain / frozen modes, ssal pretrain), not joint training")
     need(s.multicrop_size >= 8, "ssl.multicrop_size", s.multicrop_size, "must be >= 8")

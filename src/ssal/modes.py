@@ -94,11 +94,12 @@ def build_classifier(cfg: DictConfig, num_classes: int, in_channels: int, dropou
     return build_model(cfg.model, num_classes, in_channels, dropout=dropout, **model_kwargs(cfg))
 
 
-def joint_views(cfg: DictConfig, mean, std) -> tuple:
+def joint_views(cfg: DictConfig, mean, std, size: int | None = None) -> tuple:
     """The two SSL views of joint training: (weak, strong), the classifier
-    reading the first, or (strong, strong), the classifier on a weak view of its own."""
-    first = WeakView(mean, std) if cfg.ssl.views == "weak_strong" else StrongView(mean, std)
-    return first, StrongView(mean, std)
+    reading the first, or (strong, strong), the classifier on a weak view of its own;
+    ``size`` px a side when given (``ssl.joint_image_size``), else native."""
+    first = WeakView(mean, std, out_size=size) if cfg.ssl.views == "weak_strong" else StrongView(mean, std, out_size=size)
+    return first, StrongView(mean, std, out_size=size)
 
 
 def build_ssl_branch(cfg: DictConfig, model: nn.Module) -> SSLMethod:
@@ -284,6 +285,7 @@ def train_cycle(
             lambda_c=float(cfg.ssl.lambda_c),
             low_loss_fraction=float(cfg.ssl.low_loss_fraction),
             classifier_view=WeakView(md.mean, md.std) if cfg.ssl.views == "strong_strong" else None,
+            ssl_only_views=joint_views(cfg, md.mean, md.std, int(cfg.ssl.joint_image_size)) if cfg.ssl.joint_image_size else None,
             prepare=md.prepare,
             progress=md.progress,
             desc=desc,

@@ -13,9 +13,10 @@ scored (no dropped partial batch).
 from __future__ import annotations
 
 import functools
+import itertools
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable
@@ -386,6 +387,7 @@ def train_joint(
     lambda_c: float = 0.5,
     low_loss_fraction: float = 1.0,
     classifier_view: View | None = None,
+    ssl_only_views: tuple[View, View] | None = None,
     prepare: View | None = None,
     progress: bool = True,
     desc: str = "train",
@@ -416,6 +418,14 @@ def train_joint(
     epoch scores ``len(images) / low_loss_fraction`` random unlabelled images by
     their SSL loss (no state change) and trains on the ``len(images)`` lowest.
 
+    ``ssl_only_views`` (``ssl.joint_image_size``) replaces the views that only the
+    SSL loss reads: both views of an unlabelled batch and view 2 of a labelled one
+    (view 1 of a labelled batch stays ``views[0]``: the classifier reads it). With
+    views at a reduced size they cost a fraction of a full-size pass, as the small
+    crops of multi-crop (Caron et al., NeurIPS 2020, Sec. 3.2). BatchNorm's running
+    statistics then mix both sizes, so they are re-estimated at the end on the
+    classifier's view of the labelled images (:func:`recalibrate_batchnorm`).
+
     ``on_epoch(epoch, scalars)`` is called after each epoch when given, with the
     mean ``loss``, ``ssl_loss`` (unweighted) and ``ce_loss`` (labelled batches)
     of the epoch's steps and the last ``lr``; it changes no result.
@@ -444,12 +454,15 @@ def train_joint(
     bar = _bar(total, desc, progress)
     means = _EpochMeans(on_epoch)
 
-    def ssl_views(x: torch.Tensor) -> list[torch.Tensor]:
-        return [v(x, generator).contiguous(memory_format=fmt) for v in views[: max(method.num_views, 1)]]
+    def ssl_views(x: torch.Tensor, labelled: bool) -> list[torch.Tensor]:
+        use = views
+        if ssl_only_views is not None:
+            use = (views[0], ssl_only_views[1]) if labelled else ssl_only_views
+        return [v(x, generator).contiguous(memory_format=fmt) for v in use[: max(method.num_views, 1)]]
 
     def one_step(x: torch.Tensor, y: torch.Tensor | None, index: torch.Tensor) -> torch.Tensor:
         nonlocal step
-        vs = ssl_views(x)
+        vs = ssl_views(x, y is not None)
         with stepper.autocast():
             out = method(vs, update=True, index=index)
             loss = lambda_c * out.loss
@@ -497,7 +510,42 @@ def train_joint(
         means.report(epoch, stepper.lrs[step - 1] if step else None)
     loss_val = float(loss.detach())
     bar.close()
+    if ssl_only_views is not None:
+        view = classifier_view or views[0]
+        with stepper.autocast():
+            recalibrate_batchnorm(model.backbone, (view(images[i : i + bs], generator).contiguous(memory_format=fmt) for i in range(0, n, bs)))
     return TrainStats(steps=step, epochs=epochs, final_loss=loss_val, seconds=time.perf_counter() - start)
+
+
+@torch.no_grad()
+def recalibrate_batchnorm(module: torch.nn.Module, batches: Iterable[torch.Tensor]) -> int:
+    """Re-estimate the running mean and variance of every BatchNorm layer of
+    ``module`` as the plain average over ``batches`` (PreciseBN: Wu & Johnson,
+    "Rethinking 'Batch' in BatchNorm", 2021, Sec. 3), the batches passed in
+    training mode without gradients; weights and every other state are unchanged,
+    and the module's training flag and the layers' momentum are restored.
+    Returns the number of batches; with none, nothing changes."""
+    norms = [m for m in module.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    it = iter(batches)
+    first = next(it, None)
+    if first is None or not norms:
+        return 0
+    was_training = module.training
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average over the batches
+    module.train()
+    count = 0
+    try:
+        for x in itertools.chain([first], it):
+            module(x)
+            count += 1
+    finally:
+        for m, mom in zip(norms, momenta):
+            m.momentum = mom
+        module.train(was_training)
+    return count
 
 
 def train_head(
