@@ -612,3 +612,75 @@ def test_joint_mode_with_every_ssl_method(tmp_path):
             opts = []
         records = run(tmp_path, name, [*TINY, "train.mode=joint", f"ssl.method={name}", *opts, "cycles=1", "initial=20"])
         assert records[0]["mode"] == "joint" and records[0]["train_steps"] == 2, name
+
+
+# -- ssl.joint_image_size: the SSL-only views at a reduced size ------------------
+
+
+def test_weak_view_out_size_is_the_full_size_view_resized():
+    x = torch.randint(0, 256, (6, 3, 32, 32), dtype=torch.uint8)
+    mean, std = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
+    full = WeakView(mean, std)(x, torch.Generator().manual_seed(3))
+    small = WeakView(mean, std, out_size=16)(x, torch.Generator().manual_seed(3))
+    assert small.shape == (6, 3, 16, 16)
+    ref = torch.nn.functional.interpolate(full, size=(16, 16), mode="bilinear", align_corners=False, antialias=True)
+    assert torch.allclose(small, ref, atol=1e-6)
+    same = WeakView(mean, std, out_size=32)(x, torch.Generator().manual_seed(3))
+    assert torch.equal(same, full)  # the native size is no resize
+
+
+def test_recalibrate_batchnorm_is_the_plain_average_over_the_batches():
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.BatchNorm2d(4, momentum=0.3), torch.nn.ReLU(), torch.nn.BatchNorm2d(4))
+    net.eval()
+    weights = {k: v.clone() for k, v in net.state_dict().items() if "running" not in k and "num_batches" not in k}
+    batches = [torch.randn(8, 1, 10, 10) * s + s for s in (1.0, 2.0, 3.0)]
+    assert train_mod.recalibrate_batchnorm(net, iter(batches)) == 3
+    with torch.no_grad():
+        h = [net[0](b) for b in batches]
+    bn = net[1]
+    assert torch.allclose(bn.running_mean, torch.stack([t.mean((0, 2, 3)) for t in h]).mean(0), atol=1e-5)
+    assert torch.allclose(bn.running_var, torch.stack([t.var((0, 2, 3), unbiased=True) for t in h]).mean(0), atol=1e-4)
+    assert int(bn.num_batches_tracked) == 3 and bn.momentum == 0.3 and net[3].momentum == 0.1
+    assert not net.training  # the mode is restored
+    assert all(torch.equal(v, net.state_dict()[k]) for k, v in weights.items())
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    assert train_mod.recalibrate_batchnorm(net, iter([])) == 0
+    assert all(torch.equal(v, net.state_dict()[k]) for k, v in before.items())  # no batch: nothing changes
+
+
+def test_joint_image_size_shrinks_only_the_views_the_classifier_does_not_read(sample, monkeypatch):
+    """Labelled batch: view 1 (the classifier's) native, view 2 small; unlabelled
+    batch: both small. The classifier's head still reads a native-size view, and
+    BatchNorm is re-estimated on exactly the labelled images' batches."""
+    model, method, views, (mean, std) = tiny_joint(sample)
+    small = modes.joint_views(resolve_config(None, JOINT), mean, std, 14)
+    cfg = resolve_config(None, [*TINY, "train.batch_size=16", "train.epochs=2", "train.channels_last=false"]).train
+    sizes = []
+    real_forward = type(method).forward
+
+    def spy(self, vs, update=True, index=None):
+        sizes.append(tuple(int(v.shape[-1]) for v in vs))
+        return real_forward(self, vs, update, index)
+
+    monkeypatch.setattr(type(method), "forward", spy)
+    head_in = []
+    model.head.register_forward_pre_hook(lambda m, i: head_in.append(i[0].shape))
+    stats = train_mod.train_joint(
+        model, method, sample.images[:32], sample.labels[:32], lambda p: sample.images[100:300][p], 200, cfg, views,
+        torch.Generator().manual_seed(0), torch.device("cpu"), ssl_only_views=small, progress=False,
+    )
+    assert stats.steps == 8
+    assert sizes == [(28, 14), (14, 14)] * 4  # labelled, unlabelled, alternating
+    assert len(head_in) == 4
+    norms = [m for m in model.backbone.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert norms and all(int(m.num_batches_tracked) == 2 for m in norms)  # 32 labelled images / 16 per batch, after reset
+
+
+def test_joint_image_size_end_to_end_and_its_validation(tmp_path):
+    records = run(tmp_path, "small", [*JOINT, "ssl.joint_image_size=14", "ssl.options.symmetric=false", "cycles=1"])
+    assert records[0]["train_steps"] == 4 and 0 <= records[0]["test_acc"] <= 1
+    with pytest.raises(SsalError, match="ssl.joint_image_size"):
+        resolve_config(None, ["train.mode=joint", "ssl.joint_image_size=4"])
+    with pytest.raises(SsalError, match="only joint training reads it"):
+        resolve_config(None, ["train.mode=supervised", "ssl.joint_image_size=16"])
