@@ -684,3 +684,31 @@ def test_joint_image_size_end_to_end_and_its_validation(tmp_path):
         resolve_config(None, ["train.mode=joint", "ssl.joint_image_size=4"])
     with pytest.raises(SsalError, match="only joint training reads it"):
         resolve_config(None, ["train.mode=supervised", "ssl.joint_image_size=16"])
+
+
+def test_ssl_loss_scores_through_the_views_unlabelled_batches_train_on(sample, monkeypatch):
+    """ssl_loss_high and the low-loss filter score an image by the loss it gets as
+    an unlabelled image: with ssl.joint_image_size, through the small views."""
+    model, method, views, (mean, std) = tiny_joint(sample)
+    sizes = []
+    real_forward = type(method).forward
+
+    def spy(self, vs, update=True, index=None):
+        sizes.append(tuple(int(v.shape[-1]) for v in vs))
+        return real_forward(self, vs, update, index)
+
+    monkeypatch.setattr(type(method), "forward", spy)
+    for size, expected in ((0, (28, 28)), (14, (14, 14))):
+        cfg = resolve_config(None, [*JOINT, f"ssl.joint_image_size={size}"])
+        md = modes.ModeData(cfg, sample.images[:300], None, (sample.images[300:400], sample.labels[300:400]), 10, torch.device("cpu"), mean, std, False)
+        sizes.clear()
+        losses = modes.NetworkTrained(md, model, None, method, seed_keys=(0,)).ssl_loss(torch.arange(20))
+        assert losses.shape == (20,) and sizes and set(sizes) == {expected}
+    sizes.clear()
+    cfg = resolve_config(None, [*TINY, "train.batch_size=16", "train.epochs=1", "train.channels_last=false"]).train
+    small = modes.joint_views(resolve_config(None, JOINT), mean, std, 14)
+    train_mod.train_joint(
+        model, method, sample.images[:16], sample.labels[:16], lambda p: sample.images[100:300][p], 200, cfg, views,
+        torch.Generator().manual_seed(0), torch.device("cpu"), low_loss_fraction=0.5, ssl_only_views=small, progress=False,
+    )
+    assert sizes[0] == (14, 14) and sizes[-2:] == [(28, 14), (14, 14)]  # scoring, then the two training batches

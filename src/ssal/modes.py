@@ -168,7 +168,8 @@ class NetworkTrained(Trained):
     def ssl_loss(self, idx: torch.Tensor) -> torch.Tensor | None:
         if self.method is None:
             return None
-        views = joint_views(self.md.cfg, self.md.mean, self.md.std)
+        # the views an unlabelled batch trains on (ssl.joint_image_size px when set)
+        views = joint_views(self.md.cfg, self.md.mean, self.md.std, int(self.md.cfg.ssl.joint_image_size) or None)
         g = generator(self.md.cfg.seed, *self.seed_keys, "ssl-score")
         t = self.md.cfg.train
         return ssl_sample_losses(self.method, self.md.pool_images[idx], views, g, self.md.device, t.eval_batch_size, t.channels_last)

@@ -489,7 +489,8 @@ def train_joint(
             if low_loss_fraction < 1.0:
                 m = min(num_unlabelled, math.ceil(n_u / low_loss_fraction))
                 cand = torch.randperm(num_unlabelled, generator=generator)[:m]
-                scores = ssl_sample_losses(method, unlabelled_images(cand), views, generator, device, cfg.eval_batch_size, cfg.channels_last)
+                # scored through the views an unlabelled batch trains on
+                scores = ssl_sample_losses(method, unlabelled_images(cand), ssl_only_views or views, generator, device, cfg.eval_batch_size, cfg.channels_last)
                 upos = cand[torch.sort(scores, stable=True).indices[:n_u]]
                 upos = upos[torch.randperm(n_u, generator=generator)]
             else:
