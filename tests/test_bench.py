@@ -368,7 +368,7 @@ def test_every_shipped_grid_file_loads_and_expands(path: Path) -> None:
 
 
 #: grids that screen variants on one seed; a 3-seed grid follows up the best
-SEED0_SCREENS = {"cpu-joint-methods-cifar10", "cpu-joint-asym-cifar10"}
+SEED0_SCREENS = {"cpu-joint-methods-cifar10", "cpu-joint-asym-cifar10", "cpu-joint-small-cifar10"}
 
 
 def _flock_holder(path: Path) -> int | None:
