@@ -649,14 +649,9 @@ def test_recalibrate_batchnorm_is_the_plain_average_over_the_batches():
     assert all(torch.equal(v, net.state_dict()[k]) for k, v in before.items())  # no batch: nothing changes
 
 
-def test_joint_image_size_shrinks_only_the_views_the_classifier_does_not_read(sample, monkeypatch):
-    """Labelled batch: view 1 (the classifier's) native, view 2 small; unlabelled
-    batch: both small. The classifier's head still reads a native-size view, and
-    BatchNorm is re-estimated on exactly the labelled images' batches."""
-    model, method, views, (mean, std) = tiny_joint(sample)
-    small = modes.joint_views(resolve_config(None, JOINT), mean, std, 14)
-    cfg = resolve_config(None, [*TINY, "train.batch_size=16", "train.epochs=2", "train.channels_last=false"]).train
-    sizes = []
+def record_view_sizes(monkeypatch, method) -> list[tuple[int, ...]]:
+    """The side of each view the SSL method's forward gets, one tuple per call."""
+    sizes: list[tuple[int, ...]] = []
     real_forward = type(method).forward
 
     def spy(self, vs, update=True, index=None):
@@ -664,6 +659,17 @@ def test_joint_image_size_shrinks_only_the_views_the_classifier_does_not_read(sa
         return real_forward(self, vs, update, index)
 
     monkeypatch.setattr(type(method), "forward", spy)
+    return sizes
+
+
+def test_joint_image_size_shrinks_only_the_views_the_classifier_does_not_read(sample, monkeypatch):
+    """Labelled batch: view 1 (the classifier's) native, view 2 small; unlabelled
+    batch: both small. The classifier's head still reads a native-size view, and
+    BatchNorm is re-estimated on exactly the labelled images' batches."""
+    model, method, views, (mean, std) = tiny_joint(sample)
+    small = modes.joint_views(resolve_config(None, JOINT), mean, std, 14)
+    cfg = resolve_config(None, [*TINY, "train.batch_size=16", "train.epochs=2", "train.channels_last=false"]).train
+    sizes = record_view_sizes(monkeypatch, method)
     head_in = []
     model.head.register_forward_pre_hook(lambda m, i: head_in.append(i[0].shape))
     stats = train_mod.train_joint(
@@ -690,14 +696,7 @@ def test_ssl_loss_scores_through_the_views_unlabelled_batches_train_on(sample, m
     """ssl_loss_high and the low-loss filter score an image by the loss it gets as
     an unlabelled image: with ssl.joint_image_size, through the small views."""
     model, method, views, (mean, std) = tiny_joint(sample)
-    sizes = []
-    real_forward = type(method).forward
-
-    def spy(self, vs, update=True, index=None):
-        sizes.append(tuple(int(v.shape[-1]) for v in vs))
-        return real_forward(self, vs, update, index)
-
-    monkeypatch.setattr(type(method), "forward", spy)
+    sizes = record_view_sizes(monkeypatch, method)
     for size, expected in ((0, (28, 28)), (14, (14, 14))):
         cfg = resolve_config(None, [*JOINT, f"ssl.joint_image_size={size}"])
         md = modes.ModeData(cfg, sample.images[:300], None, (sample.images[300:400], sample.labels[300:400]), 10, torch.device("cpu"), mean, std, False)

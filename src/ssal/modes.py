@@ -94,12 +94,13 @@ def build_classifier(cfg: DictConfig, num_classes: int, in_channels: int, dropou
     return build_model(cfg.model, num_classes, in_channels, dropout=dropout, **model_kwargs(cfg))
 
 
-def joint_views(cfg: DictConfig, mean, std, size: int | None = None) -> tuple:
+def joint_views(cfg: DictConfig, mean, std, size: int = 0) -> tuple:
     """The two SSL views of joint training: (weak, strong), the classifier
     reading the first, or (strong, strong), the classifier on a weak view of its own;
-    ``size`` px a side when given (``ssl.joint_image_size``), else native."""
-    first = WeakView(mean, std, out_size=size) if cfg.ssl.views == "weak_strong" else StrongView(mean, std, out_size=size)
-    return first, StrongView(mean, std, out_size=size)
+    ``size`` px a side (``ssl.joint_image_size``), 0 = native."""
+    out = int(size) or None
+    first = WeakView(mean, std, out_size=out) if cfg.ssl.views == "weak_strong" else StrongView(mean, std, out_size=out)
+    return first, StrongView(mean, std, out_size=out)
 
 
 def build_ssl_branch(cfg: DictConfig, model: nn.Module) -> SSLMethod:
@@ -169,7 +170,7 @@ class NetworkTrained(Trained):
         if self.method is None:
             return None
         # the views an unlabelled batch trains on (ssl.joint_image_size px when set)
-        views = joint_views(self.md.cfg, self.md.mean, self.md.std, int(self.md.cfg.ssl.joint_image_size) or None)
+        views = joint_views(self.md.cfg, self.md.mean, self.md.std, self.md.cfg.ssl.joint_image_size)
         g = generator(self.md.cfg.seed, *self.seed_keys, "ssl-score")
         t = self.md.cfg.train
         return ssl_sample_losses(self.method, self.md.pool_images[idx], views, g, self.md.device, t.eval_batch_size, t.channels_last)
@@ -286,7 +287,7 @@ def train_cycle(
             lambda_c=float(cfg.ssl.lambda_c),
             low_loss_fraction=float(cfg.ssl.low_loss_fraction),
             classifier_view=WeakView(md.mean, md.std) if cfg.ssl.views == "strong_strong" else None,
-            ssl_only_views=joint_views(cfg, md.mean, md.std, int(cfg.ssl.joint_image_size)) if cfg.ssl.joint_image_size else None,
+            ssl_only_views=joint_views(cfg, md.mean, md.std, cfg.ssl.joint_image_size) if cfg.ssl.joint_image_size else None,
             prepare=md.prepare,
             progress=md.progress,
             desc=desc,
