@@ -324,6 +324,9 @@ def test_bad_compare_is_a_one_line_error(tmp_path, capsys, compare, needle):
         ({"grid": {"seed": [0, 1]}, "run_name": "{strategy}"}, "run_name: two runs get the folder name 'random'"),
         ({"run_name": "{stratgy}-{seed}"}, "run_name: unknown field '{stratgy}'"),
         ({"grid": {"strategy": ["learning_loss"], "train.mode": ["joint"]}}, "run (strategy=learning_loss, train.mode=joint)"),
+        ({"grid": {"strategy": ["ssl_loss_high"]}}, "use train.mode=joint, not supervised"),
+        ({"grid": {"strategy": ["isal"], "train.mode": ["frozen"]}}, "needs the trained network"),
+        ({"set": [*TINY, "strategy=typiclust", "strategy_options.knn=abc"]}, "invalid value strategy_options.knn=abc: must be an integer"),
     ],
 )
 def test_bad_grid_one_line_error_naming_file_and_field(tmp_path, capsys, doc, needle):

@@ -37,6 +37,15 @@ def make_folder(root, corrupt=False):
         (["dataset=imagefolder:/no/such/folder"], "/no/such/folder"),
         (["budget=100000"], "budget"),
         (["budget=-3"], "budget"),
+        # a strategy the mode cannot serve is refused before cycle 0 trains
+        (["strategy=ssl_loss_high", "cycles=2"], "use train.mode=joint, not supervised"),
+        (["strategy=coreset", "train.mode=frozen", "strategy=isal"], "needs the trained network"),
+        # wrong option types name the key and the value
+        (["train.mode=joint", "ssl.options.queue_size=abc"], "invalid value ssl.options.queue_size=abc: must be an integer"),
+        (["train.mode=joint", "ssl.options.symmetric=maybe"], "ssl.options.symmetric=maybe: must be true or false"),
+        (["strategy=typiclust", "strategy_options.knn=1.5"], "strategy_options.knn=1.5: must be an integer"),
+        # joint PCL: 20 labelled + 20 unlabelled images cannot make 200 clusters; caught before training
+        (["train.mode=joint", "ssl.method=pcl", "initial=20", "budget=10", "cycles=2"], "set it to auto"),
     ],
 )
 def test_bad_input_one_line_no_output(tmp_path, capsys, args, needle):
@@ -83,3 +92,21 @@ def test_print_config_and_list(capsys):
     assert "mobyv2al-cifar10" in out
 
 
+
+
+def test_unavailable_device_is_a_one_line_error(tmp_path, capsys, monkeypatch):
+    """device=cuda on a machine without CUDA (or cuda:N past the last GPU) fails
+    before anything is written, not with a driver traceback mid-run."""
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    out = tmp_path / "run"
+    code, _, err = call(["run", "-q", f"out={out}", "device=cuda"], capsys)
+    assert code == 2 and err.strip() == "ssal: error: invalid value device=cuda: CUDA is not available on this machine; use device=cpu or device=auto"
+    assert not out.exists()
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    code, _, err = call(["run", "-q", f"out={out}", "device=cuda:2"], capsys)
+    assert code == 2 and "device=cuda:2: this machine has 2 CUDA device(s), cuda:0 to cuda:1" in err
+    assert not out.exists()

@@ -158,6 +158,29 @@ def test_joint_updates_queues_and_ema_on_both_kinds_of_batch(sample, monkeypatch
     assert any(not torch.equal(a, b) for a, b in zip(target_before, method.target_encoder.parameters()))
 
 
+def test_joint_ema_steps_every_batch_on_the_whole_runs_ramp(sample, monkeypatch):
+    """The momentum encoder moves after every step, labelled or not, and its
+    cosine ramp spans all of the run's steps, not one epoch's."""
+    model, method, views, _ = tiny_joint(sample, queue=64)
+    calls, moved = [], []
+    real_after = type(method).after_step
+
+    def spy(self, step, total):
+        before = [p.clone() for p in self.target_encoder.parameters()]
+        real_after(self, step, total)
+        calls.append((step, total))
+        moved.append(any(not torch.equal(a, b) for a, b in zip(before, self.target_encoder.parameters())))
+
+    monkeypatch.setattr(type(method), "after_step", spy)
+    images, labels = sample.images[:16], sample.labels[:16]
+    pool = sample.images[16:200]
+    cfg = resolve_config(None, [*TINY, "train.batch_size=16", "train.epochs=3"]).train
+    stats = train_mod.train_joint(model, method, images, labels, lambda p: pool[p], len(pool), cfg, views, torch.Generator().manual_seed(0), torch.device("cpu"), progress=False)
+    assert stats.steps == 6  # 3 epochs of one labelled and one unlabelled batch
+    assert calls == [(k, 6) for k in range(6)]
+    assert all(moved[:-1])  # the last step's momentum is exactly 1: nothing moves
+
+
 def test_evaluation_and_scoring_change_neither_queues_nor_momentum_encoder(sample):
     """Defect 5: the official evaluation ran the momentum update and pushed test
     images into the queue."""

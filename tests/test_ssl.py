@@ -645,6 +645,20 @@ def test_build_ssl_errors_name_the_culprit() -> None:
     assert "queue_size" in method_options("moby") and method_options("rotation") == []
 
 
+def test_moby_and_joint_defaults_are_the_papers() -> None:
+    """MoBYv2AL (METHODS.md sec. 2): two queues of 4096, t = 0.2, momentum
+    cosine-ramped 0.99 -> 1, lambda = 0.5; pinned so a changed default fails here."""
+    from ssal.config import resolve_config
+
+    enc, fd = _backbone()
+    moby = build_ssl("moby", enc, fd)
+    assert moby.queue1.keys.shape[0] == moby.queue2.keys.shape[0] == 4096
+    assert moby.temperature == 0.2 and moby.symmetric
+    assert (moby.momentum_base, moby.momentum_final) == (0.99, 1.0)
+    assert moby.momentum_at(0, 100) == pytest.approx(0.99) and moby.momentum_at(100, 100) == pytest.approx(1.0)
+    assert resolve_config(None, []).ssl.lambda_c == 0.5
+
+
 # -- 8. no collapse on a short real-data run ----------------------------------------
 
 

@@ -55,7 +55,7 @@ from omegaconf import DictConfig, OmegaConf
 from .config import Config, resolve_config, to_yaml
 from .errors import SsalError
 from .stats import aubc, labels_to_reach, mean_std_ci, paired_difference
-from .utils import atomic_write_json, atomic_write_text
+from .utils import atomic_write_json, atomic_write_text, resolve_device
 
 GRID_KEYS = ("name", "preset", "set", "out", "grid", "variants", "run_name", "compare")
 GRID_FILE = "grid.yaml"
@@ -206,16 +206,15 @@ def _check_names(cfg: DictConfig) -> None:
 
 def _check_run(cfg: DictConfig) -> None:
     """The checks :class:`ssal.loop.Experiment` makes before loading data."""
-    from .modes import check_loss_prediction_mode
+    from .modes import check_strategy_fits
     from .strategies import build_strategy
 
     _check_names(cfg)
     strategy = build_strategy(cfg.strategy, **dict(cfg.strategy_options))
     if cfg.initial_strategy != "random":
         build_strategy(cfg.initial_strategy, "initial_strategy_options", **dict(cfg.initial_strategy_options))
-    check_loss_prediction_mode(cfg.train.mode, strategy.loss_prediction)
-    if getattr(strategy, "needs_reference", False) and not cfg.val_size:
-        raise SsalError(f"strategy {cfg.strategy!r} needs a labelled reference set: set val_size > 0")
+    check_strategy_fits(cfg, strategy)
+    resolve_device(cfg.device)  # device=cuda on a machine without one fails here, not in a worker
 
 
 def _override_list(path: Path, where: str, value: Any) -> list[str]:

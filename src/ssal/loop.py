@@ -34,7 +34,7 @@ from .modes import (
     Trained,
     build_classifier,
     build_ssl_branch,
-    check_loss_prediction_mode,
+    check_strategy_fits,
     init_backbone,
     setup_mode,
     train_cycle,
@@ -157,16 +157,12 @@ class Experiment:
         initial_strategy = None
         if cfg.initial_strategy != "random":
             initial_strategy = build_strategy(cfg.initial_strategy, "initial_strategy_options", **dict(cfg.initial_strategy_options))
-        check_loss_prediction_mode(cfg.train.mode, strategy.loss_prediction)  # before any training
-        if strategy.needs_network and cfg.train.mode == "frozen":
-            raise SsalError(f"strategy {cfg.strategy!r} needs the trained network: use train.mode=supervised, joint or pretrain, not frozen")
+        check_strategy_fits(cfg, strategy)  # before any training
         tensorboard = bool(OmegaConf.select(cfg, "log.tensorboard", default=False))
         if tensorboard:
             from .logging_tb import require_tensorboard
 
             require_tensorboard()
-        if getattr(strategy, "needs_reference", False) and not cfg.val_size:
-            raise SsalError(f"strategy {cfg.strategy!r} needs a labelled reference set: set val_size > 0 (the test split is never used)")
         state = self._check_out_dir()
         splits = prepare_splits(cfg, self.progress)
         pool = splits.pool
@@ -227,7 +223,10 @@ class Experiment:
         in_channels = int(splits.pool.images.shape[1])
         model = build_classifier(self.cfg, len(splits.classes), in_channels)
         if self.cfg.train.mode != "supervised":
-            build_ssl_branch(self.cfg, model)
+            ssl = build_ssl_branch(self.cfg, model)
+            if self.cfg.train.mode == "joint":  # cycle 0 trains on the initial set plus as many unlabelled images
+                n = len(splits.pool)
+                ssl.check_images(self.cfg.initial + min(self.cfg.initial, n - self.cfg.initial))
         return init_backbone(self.cfg, in_channels) if self.cfg.train.init_backbone else None  # missing, unreadable or of another model
 
     def _initial_set(self, md: ModeData, initial_strategy, pool_size: int) -> torch.Tensor:

@@ -36,7 +36,7 @@ from .errors import SsalError
 from .lossnet import LossPredictionModule
 from .models import build_model
 from .ssl import SSLMethod, build_ssl
-from .strategies.base import NetworkAccess
+from .strategies.base import NetworkAccess, Strategy
 from .train import (
     TrainStats,
     accuracy_report,
@@ -202,6 +202,20 @@ def check_loss_prediction_mode(mode: str, loss_prediction: dict | None) -> None:
             f"strategy learning_loss trains its loss-prediction module with the classifier: "
             f"use train.mode=supervised or pretrain, not {mode}"
         )
+
+
+def check_strategy_fits(cfg: DictConfig, strategy: Strategy) -> None:
+    """SsalError unless the run can give ``strategy`` what it reads: the checks
+    ``ssal run`` and ``ssal bench --dry-run`` make before any data is loaded,
+    so a mismatch never fails after a cycle of training."""
+    mode = cfg.train.mode
+    check_loss_prediction_mode(mode, strategy.loss_prediction)
+    if strategy.needs_network and mode == "frozen":
+        raise SsalError(f"strategy {cfg.strategy!r} needs the trained network: use train.mode=supervised, joint or pretrain, not frozen")
+    if strategy.needs_ssl_branch and mode != "joint":
+        raise SsalError(f"strategy {cfg.strategy!r} scores with this cycle's self-supervised branch: use train.mode=joint, not {mode}")
+    if strategy.needs_reference and not cfg.val_size:
+        raise SsalError(f"strategy {cfg.strategy!r} needs a labelled reference set: set val_size > 0 (the test split is never used)")
 
 
 class FrozenTrained(Trained):

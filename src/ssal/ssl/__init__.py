@@ -13,6 +13,7 @@ from typing import Any
 from torch import nn
 
 from ..errors import SsalError
+from ..utils import check_option_types
 from .base import SSLMethod, SSLOutput, cosine_momentum
 from .byol import BYOL
 from .moby import MoBY
@@ -48,6 +49,7 @@ def build_ssl(name: str, encoder: nn.Module, feat_dim: int, **options: Any) -> S
     unknown = sorted(set(options) - set(method_options(name)))
     if unknown:
         raise SsalError(f"ssl method {name!r} has no option {unknown[0]!r}; it takes: {', '.join(method_options(name))}")
+    check_option_types(SSL_METHODS[name], options, "ssl.options")
     try:
         return SSL_METHODS[name](encoder, feat_dim, **options)
     except (ValueError, TypeError) as err:

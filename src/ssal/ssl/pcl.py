@@ -322,7 +322,7 @@ class PCL(MoCoV2):
         """The granularities used for ``n`` images."""
         ks = auto_num_clusters(n) if self.num_clusters == "auto" else tuple(self.num_clusters)
         if any(k > n for k in ks):
-            raise SsalError(f"pcl: cannot cluster {n} images into {max(ks)} clusters; lower ssl.options.num_clusters")
+            raise SsalError(f"pcl: cannot cluster {n} images into {max(ks)} clusters; lower ssl.options.num_clusters, or set it to auto (scaled to the image count)")
         return ks
 
     def check_images(self, n: int) -> None:

@@ -9,6 +9,7 @@ import inspect
 from typing import Any
 
 from ..errors import SsalError
+from ..utils import check_option_types
 from .base import ScoreStrategy, SelectionContext, Strategy
 from .badge import BadgeStrategy
 from .bald import BaldStrategy
@@ -68,6 +69,7 @@ def build_strategy(name: str, _key: str = "strategy_options", **kwargs: Any) -> 
     if unknown:
         takes = ", ".join(known) or "none"
         raise SsalError(f"bad options for strategy {name!r}: no option {unknown[0]!r} ({_key}.{unknown[0]}); it takes: {takes}")
+    check_option_types(STRATEGIES[name], kwargs, _key)
     try:
         return STRATEGIES[name](**kwargs)
     except TypeError as err:

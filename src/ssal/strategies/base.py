@@ -105,6 +105,8 @@ class Strategy(ABC):
     name: str
     summary: str = ""  # one line for `ssal list strategies`
     needs_network: bool = False  # reads ctx.network (the trained classifier): not in frozen mode
+    needs_ssl_branch: bool = False  # reads ctx.ssl_loss (the joint model's SSL branch): train.mode=joint only
+    needs_reference: bool = False  # reads the labelled validation split: val_size > 0
     classifier_dropout: float = 0.0
     loss_prediction: dict | None = None
 

@@ -15,6 +15,7 @@ from .base import SelectionContext, Strategy, check_request, top_scores
 class SSLLossHighStrategy(Strategy):
     name = "ssl_loss_high"
     summary = "highest self-supervised loss (MoBYv2AL ablation; train.mode=joint)"
+    needs_ssl_branch = True  # the loop refuses other modes before any work
 
     def select(self, ctx: SelectionContext, budget: int) -> torch.Tensor:
         check_request(ctx, budget)
