@@ -363,3 +363,12 @@ def test_initial_strategy_options_reach_the_cold_start_strategy(tmp_path) -> Non
         resolve_config(None, ["initial_strategy_options.source=pcl"])
     (rec,) = run("initial_strategy_options.source=kmeans")
     assert rec["n_labelled"] == 20
+
+
+def test_typiclust_never_returns_a_labelled_singleton():
+    g = torch.Generator().manual_seed(0)
+    e = torch.eye(4, dtype=torch.float64)
+    x = torch.cat([e[0].repeat(3, 1), e[1].repeat(3, 1), e[2:3]]) + 0.01 * torch.randn(7, 4, generator=g, dtype=torch.float64)
+    # clusters: {0,1,2}, {3,4,5}, {6 (labelled)}; the labelled singleton is visited at the 5th pick
+    picks = build_strategy("typiclust", max_clusters=3, min_cluster_size=0).select(context(x, list(range(6)), [6]), 6)
+    assert sorted(picks.tolist()) == list(range(6))

@@ -193,3 +193,70 @@ def test_test_split_only_in_one_final_evaluation_per_cycle(tmp_path, monkeypatch
     assert all(e[1] == len(test) for e in events if e[0] == "eval")
     assert kinds.index("eval") > kinds.index("train")  # after training
     assert not any(e[1] for e in events if e[0] == "predict")  # selection never sees test images
+
+
+def test_initial_set_is_without_replacement_and_depends_on_the_seed():
+    draw = lambda seed, n: loop.Experiment(resolve_config(None, [*FAST, f"seed={seed}", f"initial={n}"]))._initial_set(None, None, n)  # noqa: E731
+    assert draw(0, 1000).unique().numel() == 1000  # the whole pool: any repeat would show
+    assert draw(0, 40).tolist() == draw(0, 40).tolist() != draw(1, 40).tolist()
+
+
+def test_each_cycle_selects_with_its_own_generator(tmp_path, monkeypatch):
+    from ssal.strategies.random import RandomStrategy
+
+    seen, real = [], RandomStrategy.select
+    monkeypatch.setattr(RandomStrategy, "select", lambda self, ctx, b: seen.append(ctx.generator.initial_seed()) or real(self, ctx, b))
+    run(tmp_path, "g", ["cycles=3", "strategy=random"])
+    assert len(seen) == 2 and seen[0] != seen[1]
+
+
+def test_validation_accuracy_is_measured_on_the_validation_split(tmp_path, monkeypatch):
+    from ssal.data import load_dataset
+
+    sizes, real = [], modes.evaluate
+    monkeypatch.setattr(modes, "evaluate", lambda model, images, labels, *a, **k: sizes.append(images.shape[0]) or real(model, images, labels, *a, **k))
+    run(tmp_path, "v", ["val_size=100"])
+    _, test = load_dataset("sample")
+    assert sorted(sizes) == sorted([len(test), 100] * 2)  # per cycle: the test split once, the 100 validation images once
+
+
+def test_resume_of_a_warm_start_run_equals_uninterrupted(tmp_path, monkeypatch):
+    """With train.warm_start the resumed cycle must start from the saved model.pt."""
+    extra = ["cycles=3", "strategy=entropy", "train.warm_start=true"]
+    full = run(tmp_path, "full", extra)
+    real_train, calls = modes.train_supervised, {"n": 0}
+
+    def crashing(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 3:  # die in cycle 2, after model.pt of cycle 1 is saved
+            raise KeyboardInterrupt
+        return real_train(*a, **k)
+
+    monkeypatch.setattr(modes, "train_supervised", crashing)
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path, "res", extra)
+    monkeypatch.setattr(modes, "train_supervised", real_train)
+    assert strip_times(run(tmp_path, "res", extra, resume=True)) == strip_times(full)
+
+
+def test_picks_outside_the_candidates_are_refused():
+    with pytest.raises(RuntimeError):
+        loop._check_picks(torch.tensor([5, 1]), torch.tensor([1, 2, 3]), 2)
+    loop._check_picks(torch.tensor([3, 1]), torch.tensor([1, 2, 3]), 2)
+
+
+def test_atomic_file_never_exposes_a_partial_file(tmp_path):
+    from ssal.utils import atomic_file
+
+    p = tmp_path / "f.txt"
+    p.write_text("old")
+    with pytest.raises(RuntimeError):
+        with atomic_file(p) as tmp:
+            assert tmp != p and tmp.parent == p.parent
+            tmp.write_text("half")
+            assert p.read_text() == "old"
+            raise RuntimeError
+    assert p.read_text() == "old" and sorted(tmp_path.iterdir()) == [p]
+    with atomic_file(p) as tmp:
+        tmp.write_text("new")
+    assert p.read_text() == "new" and sorted(tmp_path.iterdir()) == [p]

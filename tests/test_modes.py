@@ -734,3 +734,32 @@ def test_ssl_loss_scores_through_the_views_unlabelled_batches_train_on(sample, m
         torch.Generator().manual_seed(0), torch.device("cpu"), low_loss_fraction=0.5, ssl_only_views=small, progress=False,
     )
     assert sizes[0] == (14, 14) and sizes[-2:] == [(28, 14), (14, 14)]  # scoring, then the two training batches
+
+
+def test_frozen_features_are_unaugmented():
+    train, test = load_dataset("sample")
+    cfg = resolve_config(None, ["model_width=8", "train.mode=frozen"])
+    torch.manual_seed(0)
+    model = build_model("smallcnn", 10, 1, width=8)
+    mean, std = channel_stats(train.images[:500])
+    md = modes.ModeData(cfg, train.images[:64], None, (test.images[:16], test.labels[:16]), 10, torch.device("cpu"), mean, std, False)
+    md.ssl_backbone = model.backbone.state_dict()
+    feats = modes.frozen_features(md)
+    model.eval()
+    with torch.no_grad():
+        ref = model.features(TestView(mean, std)(train.images[:64]))
+    assert torch.allclose(feats["pool"], ref, atol=1e-5)
+
+
+def test_test_accuracy_is_on_unaugmented_images(monkeypatch):
+    train, test = load_dataset("sample")
+    cfg = resolve_config(None, ["model_width=8"])
+    model = build_model("smallcnn", 10, 1, width=8)
+    mean, std = channel_stats(train.images[:500])
+    md = modes.ModeData(cfg, train.images[:64], None, (test.images[:200], test.labels[:200]), 10, torch.device("cpu"), mean, std, False)
+    seen = []
+    monkeypatch.setattr(modes, "evaluate", lambda model, images, labels, nc, prepare, **k: seen.append((images, prepare)) or {})
+    modes.NetworkTrained(md, model, None).evaluate("test", test.labels[:200])
+    ((images, prepare),) = seen
+    assert torch.equal(images, test.images[:200])
+    assert torch.equal(prepare(images), TestView(mean, std)(images))

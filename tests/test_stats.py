@@ -94,3 +94,10 @@ def test_paired_difference_edge_cases():
     assert (one.n, one.mean, one.ci, one.resolved) == (1, 5.0, None, False)
     with pytest.raises(ValueError):
         paired_difference({0: 1.0}, {1: 1.0})
+
+
+def test_paired_difference_pairs_by_seed_not_position():
+    d = paired_difference({0: 1.0, 1: 5.0, 2: 9.0}, {2: 8.0, 1: 4.0, 0: 0.0})
+    assert d.mean == 1.0 and d.ci == 0.0 and d.n == 3
+    d = paired_difference({0: 1.0, 1: 5.0}, {1: 4.0, 7: 100.0})
+    assert d.mean == 1.0 and d.n == 1 and d.seeds == (1,)
