@@ -86,13 +86,12 @@ def test_resume_refuses_changed_config(tmp_path):
         run(tmp_path, "a", ["budget=31"], resume=True)
 
 
-def test_training_and_selection_never_read_pool_labels(tmp_path, monkeypatch):
-    """Every label read during a run goes through ActivePool.targets, and only
-    for labelled indices: spy on it and check."""
+def spy_label_reads(monkeypatch) -> list[bool]:
+    """Record, for every ActivePool.targets call, whether all indices read were labelled."""
     from ssal.data.oracle import ActivePool
 
     real = ActivePool.targets
-    reads = []
+    reads: list[bool] = []
 
     def spy(self, idx):
         idx = torch.as_tensor(idx)
@@ -100,6 +99,13 @@ def test_training_and_selection_never_read_pool_labels(tmp_path, monkeypatch):
         return real(self, idx)
 
     monkeypatch.setattr(ActivePool, "targets", spy)
+    return reads
+
+
+def test_training_and_selection_never_read_pool_labels(tmp_path, monkeypatch):
+    """Every label read during a run goes through ActivePool.targets, and only
+    for labelled indices: spy on it and check."""
+    reads = spy_label_reads(monkeypatch)
     run(tmp_path, "spy", ["strategy=margin"])
     assert reads and all(reads)
 

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 import ssal.evaluation as evaluation
 import ssal.modes as modes
@@ -22,12 +21,12 @@ import ssal.train as train_mod
 from ssal.augment import channel_stats
 from ssal.config import resolve_config
 from ssal.data import load_dataset
-from ssal.data.oracle import ActivePool
 from ssal.evaluation import extract_features, knn_accuracy, linear_probe_accuracy
 from ssal.pretrain import images_fingerprint, load_backbone, pretrain, pretrain_key
 
-from test_modes import JOINT, PRE, TINY, run, sample, tiny_joint  # noqa: F401  (sample: fixture)
+from test_modes import JOINT, PRE, run, sample  # noqa: F401  (sample: a fixture)
 from test_eval_features import call
+from test_loop import spy_label_reads
 
 CPU = torch.device("cpu")
 
@@ -214,15 +213,7 @@ def test_train_cycle_passes_the_low_loss_fraction_to_joint_training(sample, monk
 def test_no_pool_label_reaches_joint_training_with_the_low_loss_filter(tmp_path, monkeypatch):
     """The low-loss filter scores unlabelled images by SSL loss alone: every label
     read is of a labelled index, the unlabelled side yields uint8 images only."""
-    real = ActivePool.targets
-    reads = []
-
-    def spy(self, idx):
-        idx = torch.as_tensor(idx)
-        reads.append(bool(self._is_labelled[idx].all()))
-        return real(self, idx)
-
-    monkeypatch.setattr(ActivePool, "targets", spy)
+    reads = spy_label_reads(monkeypatch)
     scored = []
     real_losses = train_mod.ssl_sample_losses
 
