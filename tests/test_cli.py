@@ -39,7 +39,7 @@ def make_folder(root, corrupt=False):
         (["budget=-3"], "budget"),
         # a strategy the mode cannot serve is refused before cycle 0 trains
         (["strategy=ssl_loss_high", "cycles=2"], "use train.mode=joint, not supervised"),
-        (["strategy=coreset", "train.mode=frozen", "strategy=isal"], "needs the trained network"),
+        (["strategy=isal", "train.mode=frozen"], "needs the trained network"),
         # wrong option types name the key and the value
         (["train.mode=joint", "ssl.options.queue_size=abc"], "invalid value ssl.options.queue_size=abc: must be an integer"),
         (["train.mode=joint", "ssl.options.symmetric=maybe"], "ssl.options.symmetric=maybe: must be true or false"),
@@ -90,8 +90,6 @@ def test_print_config_and_list(capsys):
     assert code == 0 and "coreset" in out and "entropy" in out
     code, out, _ = call(["list", "presets"], capsys)
     assert "mobyv2al-cifar10" in out
-
-
 
 
 def test_unavailable_device_is_a_one_line_error(tmp_path, capsys, monkeypatch):

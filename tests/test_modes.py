@@ -136,47 +136,33 @@ def test_joint_trains_the_head_and_follows_the_lr_schedule(sample, monkeypatch):
     assert lrs[0] == pytest.approx(cfg.lr) and lrs[-1] < 0.1 * cfg.lr  # cosine decays to near 0
 
 
-def test_joint_updates_queues_and_ema_on_both_kinds_of_batch(sample, monkeypatch):
+def test_joint_updates_queues_and_ema_on_every_batch_over_the_whole_run(sample, monkeypatch):
+    """Labelled and unlabelled batches both enqueue keys and step the momentum
+    encoder, and its cosine ramp spans all of the run's steps, not one epoch's."""
     model, method, views, _ = tiny_joint(sample, queue=64)
-    kinds = []
-    real_forward = type(method).forward
+    kinds, calls, moved = [], [], []
+    real_forward, real_after = type(method).forward, type(method).after_step
 
-    def spy(self, vs, update=True, index=None):
-        out = real_forward(self, vs, update, index)
+    def spy_forward(self, vs, update=True, index=None):
         kinds.append(update)
-        return out
+        return real_forward(self, vs, update, index)
 
-    monkeypatch.setattr(type(method), "forward", spy)
-    ptr0 = int(method.queue1.ptr)
-    images, labels = sample.images[:16], sample.labels[:16]
-    pool = sample.images[16:200]
-    cfg = resolve_config(None, [*TINY, "train.batch_size=16", "train.epochs=1"]).train
-    target_before = [p.clone() for p in method.target_encoder.parameters()]
-    train_mod.train_joint(model, method, images, labels, lambda p: pool[p], len(pool), cfg, views, torch.Generator().manual_seed(0), torch.device("cpu"), progress=False)
-    assert kinds == [True, True]  # one labelled and one unlabelled batch, both update
-    assert int(method.queue1.ptr) == (ptr0 + 32) % 64  # 16 keys per batch, two batches
-    assert any(not torch.equal(a, b) for a, b in zip(target_before, method.target_encoder.parameters()))
-
-
-def test_joint_ema_steps_every_batch_on_the_whole_runs_ramp(sample, monkeypatch):
-    """The momentum encoder moves after every step, labelled or not, and its
-    cosine ramp spans all of the run's steps, not one epoch's."""
-    model, method, views, _ = tiny_joint(sample, queue=64)
-    calls, moved = [], []
-    real_after = type(method).after_step
-
-    def spy(self, step, total):
+    def spy_after(self, step, total):
         before = [p.clone() for p in self.target_encoder.parameters()]
         real_after(self, step, total)
         calls.append((step, total))
         moved.append(any(not torch.equal(a, b) for a, b in zip(before, self.target_encoder.parameters())))
 
-    monkeypatch.setattr(type(method), "after_step", spy)
+    monkeypatch.setattr(type(method), "forward", spy_forward)
+    monkeypatch.setattr(type(method), "after_step", spy_after)
+    ptr0 = int(method.queue1.ptr)
     images, labels = sample.images[:16], sample.labels[:16]
     pool = sample.images[16:200]
     cfg = resolve_config(None, [*TINY, "train.batch_size=16", "train.epochs=3"]).train
     stats = train_mod.train_joint(model, method, images, labels, lambda p: pool[p], len(pool), cfg, views, torch.Generator().manual_seed(0), torch.device("cpu"), progress=False)
     assert stats.steps == 6  # 3 epochs of one labelled and one unlabelled batch
+    assert kinds == [True] * 6  # every batch updates
+    assert int(method.queue1.ptr) == (ptr0 + 6 * 16) % 64  # 16 keys per batch
     assert calls == [(k, 6) for k in range(6)]
     assert all(moved[:-1])  # the last step's momentum is exactly 1: nothing moves
 
@@ -292,16 +278,26 @@ def test_pretraining_resumes_bit_identically_and_is_cached(tmp_path, sample):
     assert "loaded" in logs[0] and all(torch.equal(full[k], again[k]) for k in full)
 
 
-def test_pretraining_key_ignores_where_and_how_often_it_saves(sample):
+def test_pretraining_key_follows_images_model_and_ssl_settings_only(sample):
+    """A new cache for other images, another backbone or any SSL setting that
+    changes the result; the same cache whatever the AL run around it, and
+    wherever and however often it saves."""
     from ssal.pretrain import images_fingerprint, pretrain_key
 
     fp = images_fingerprint(sample.images[:100])
-    a = resolve_config(None, PRE).ssl
-    b = resolve_config(None, [*PRE, "ssl.checkpoint_minutes=1", "ssl.cache_dir=/elsewhere", "ssl.lambda_c=2"]).ssl
-    c = resolve_config(None, [*PRE, "ssl.lr=0.5"]).ssl
-    key = lambda s: pretrain_key(fp, "smallcnn", {"width": 8}, 1, s)  # noqa: E731
-    assert key(a) == key(b) and key(a) != key(c)
-    assert images_fingerprint(sample.images[:100]) != images_fingerprint(sample.images[1:101])
+
+    def key(over=(), fp=fp, model="smallcnn", kw={"width": 8}, ch=1):  # noqa: B006
+        return pretrain_key(fp, model, kw, ch, resolve_config(None, [*PRE, *over]).ssl)
+
+    base = key()
+    assert key(fp=images_fingerprint(sample.images[1:101])) != base
+    assert key(model="resnet18", kw={}) != base and key(kw={"width": 16}) != base and key(ch=3) != base
+    for over in (["ssl.lr=0.5"], ["ssl.epochs=3"], ["ssl.seed=1"], ["ssl.batch_size=32"], ["ssl.options.proj_dim=32"],
+                 ["ssl.method=simclr"], ["ssl.weight_decay=1e-4"], ["ssl.image_size=16"]):
+        assert key(over) != base, over
+    for over in (["ssl.checkpoint_minutes=1", "ssl.cache_dir=/elsewhere"], ["seed=5"], ["strategy=random", "cycles=9", "budget=7", "initial=50"],
+                 ["train.lr=0.5", "train.epochs=3"], ["ssl.low_loss_fraction=0.5", "ssl.views=strong_strong", "ssl.lambda_c=2"]):
+        assert key(over) == base, over
 
 
 def test_byol_pretrains_on_its_asymmetric_view_pair_and_the_key_says_so(sample):
@@ -734,21 +730,6 @@ def test_ssl_loss_scores_through_the_views_unlabelled_batches_train_on(sample, m
         torch.Generator().manual_seed(0), torch.device("cpu"), low_loss_fraction=0.5, ssl_only_views=small, progress=False,
     )
     assert sizes[0] == (14, 14) and sizes[-2:] == [(28, 14), (14, 14)]  # scoring, then the two training batches
-
-
-def test_frozen_features_are_unaugmented():
-    train, test = load_dataset("sample")
-    cfg = resolve_config(None, ["model_width=8", "train.mode=frozen"])
-    torch.manual_seed(0)
-    model = build_model("smallcnn", 10, 1, width=8)
-    mean, std = channel_stats(train.images[:500])
-    md = modes.ModeData(cfg, train.images[:64], None, (test.images[:16], test.labels[:16]), 10, torch.device("cpu"), mean, std, False)
-    md.ssl_backbone = model.backbone.state_dict()
-    feats = modes.frozen_features(md)
-    model.eval()
-    with torch.no_grad():
-        ref = model.features(TestView(mean, std)(train.images[:64]))
-    assert torch.allclose(feats["pool"], ref, atol=1e-5)
 
 
 def test_test_accuracy_is_on_unaugmented_images(monkeypatch):

@@ -22,7 +22,7 @@ from ssal.augment import channel_stats
 from ssal.config import resolve_config
 from ssal.data import load_dataset
 from ssal.evaluation import extract_features, knn_accuracy, linear_probe_accuracy
-from ssal.pretrain import images_fingerprint, load_backbone, pretrain, pretrain_key
+from ssal.pretrain import load_backbone, pretrain
 
 from test_modes import JOINT, PRE, run, sample  # noqa: F401  (sample: a fixture)
 from test_eval_features import call
@@ -31,26 +31,14 @@ from test_loop import spy_label_reads
 CPU = torch.device("cpu")
 
 
+def pretrain_args(sample, **over):
+    """256 sample images and the keyword arguments of ``pretrain`` for them (tiny smallcnn, CPU, quiet)."""
+    images = sample.images[:256]
+    mean, std = channel_stats(images)
+    return images, {"model": "smallcnn", "model_kwargs": {"width": 8}, "mean": mean, "std": std, "device": CPU, "progress": False, "log": lambda s: None, **over}
+
+
 # -- the pretraining cache, the pretrain and frozen modes, the low-loss filter ----------
-def test_pretraining_key_follows_images_model_and_ssl_settings_only(sample):
-    """A new cache for other images, another backbone or any SSL setting that
-    changes the result; the same cache whatever the AL run around it."""
-    fp, fp2 = images_fingerprint(sample.images[:100]), images_fingerprint(sample.images[1:101])
-
-    def key(over=(), fp=fp, model="smallcnn", kw={"width": 8}, ch=1):  # noqa: B006
-        return pretrain_key(fp, model, kw, ch, resolve_config(None, [*PRE, *over]).ssl)
-
-    base = key()
-    assert key(fp=fp2) != base
-    assert key(model="resnet18", kw={}) != base and key(kw={"width": 16}) != base and key(ch=3) != base
-    for over in (["ssl.epochs=3"], ["ssl.seed=1"], ["ssl.batch_size=32"], ["ssl.options.proj_dim=32"], ["ssl.method=simclr"],
-                 ["ssl.weight_decay=1e-4"], ["ssl.image_size=16"]):
-        assert key(over) != base, over
-    for over in (["seed=5"], ["strategy=random", "cycles=9", "budget=7", "initial=50"], ["train.lr=0.5", "train.epochs=3"],
-                 ["ssl.low_loss_fraction=0.5", "ssl.views=strong_strong", "ssl.lambda_c=2"]):
-        assert key(over) == base, over
-
-
 def test_run_pretraining_is_shared_across_al_seeds_and_strategies(tmp_path, sample):
     images = sample.images[:256]
     logs = []
@@ -77,12 +65,10 @@ def test_ssl_images_are_the_whole_train_split_whatever_the_seed():
 
 
 def test_pretraining_checkpoints_every_checkpoint_minutes(tmp_path, sample, monkeypatch):
-    images = sample.images[:256]
-    mean, std = channel_stats(images)
+    images, kw = pretrain_args(sample)
     saves = []
     real = pretrain_mod.atomic_torch_save
     monkeypatch.setattr(pretrain_mod, "atomic_torch_save", lambda obj, path: (saves.append(Path(path).name), real(obj, path))[1])
-    kw = dict(model="smallcnn", model_kwargs={"width": 8}, mean=mean, std=std, device=CPU, progress=False, log=lambda s: None)
     pretrain(images, ssl_cfg=resolve_config(None, [*PRE, "ssl.checkpoint_minutes=0"]).ssl, cache_dir=str(tmp_path / "a"), **kw)
     assert saves.count("checkpoint.pt") >= 8  # 2 epochs x 4 steps: a checkpoint after every step
     saves.clear()
@@ -91,26 +77,22 @@ def test_pretraining_checkpoints_every_checkpoint_minutes(tmp_path, sample, monk
 
 
 def test_a_killed_pretraining_resumes_from_its_checkpoint_not_from_scratch(tmp_path, sample, monkeypatch):
-    images = sample.images[:256]
-    mean, std = channel_stats(images)
+    images, kw = pretrain_args(sample)
     cfg = resolve_config(None, PRE)
-    kw = dict(model="smallcnn", model_kwargs={"width": 8}, mean=mean, std=std, device=CPU, progress=False)
     with pytest.raises(KeyboardInterrupt):
-        pretrain(images, ssl_cfg=cfg.ssl, cache_dir=str(tmp_path), stop_after_steps=5, log=lambda s: None, **kw)
+        pretrain(images, ssl_cfg=cfg.ssl, cache_dir=str(tmp_path), stop_after_steps=5, **kw)
     steps, logs = [], []
     real = train_mod._Stepper.step
     monkeypatch.setattr(train_mod._Stepper, "step", lambda self, step, loss: (steps.append(step), real(self, step, loss))[1])
-    _, meta, _ = pretrain(images, ssl_cfg=cfg.ssl, cache_dir=str(tmp_path), log=logs.append, **kw)
+    _, meta, _ = pretrain(images, ssl_cfg=cfg.ssl, cache_dir=str(tmp_path), **{**kw, "log": logs.append})
     assert steps == [5, 6, 7] and meta["steps"] == 8  # only the 3 steps left of 2 epochs x 4
     assert any("resuming" in s for s in logs)
 
 
 @pytest.mark.parametrize("target", ["backbone.pt", "checkpoint.pt"])
 def test_a_crash_while_writing_leaves_no_partial_file_and_resumes_identically(tmp_path, sample, monkeypatch, target):
-    images = sample.images[:256]
-    mean, std = channel_stats(images)
+    images, kw = pretrain_args(sample)
     cfg = resolve_config(None, PRE)
-    kw = dict(model="smallcnn", model_kwargs={"width": 8}, mean=mean, std=std, device=CPU, progress=False, log=lambda s: None)
     full, _, _ = pretrain(images, ssl_cfg=cfg.ssl, cache_dir=str(tmp_path / "a"), **kw)
     real, seen = torch.save, []
 
@@ -135,10 +117,8 @@ def test_a_crash_while_writing_leaves_no_partial_file_and_resumes_identically(tm
 
 
 def test_backbone_pt_is_the_trained_online_encoder(tmp_path, sample):
-    images = sample.images[:256]
-    mean, std = channel_stats(images)
+    images, kw = pretrain_args(sample)
     cfg = resolve_config(None, PRE)
-    kw = dict(model="smallcnn", model_kwargs={"width": 8}, mean=mean, std=std, device=CPU, progress=False, log=lambda s: None)
     with pytest.raises(KeyboardInterrupt):
         pretrain(images, ssl_cfg=cfg.ssl, cache_dir=str(tmp_path), stop_after_steps=8, **kw)  # the last step of 2 x 4
     (folder,) = (tmp_path / "ssl").iterdir()

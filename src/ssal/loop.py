@@ -40,7 +40,7 @@ from .modes import (
     train_cycle,
 )
 from .pretrain import crop_scale
-from .train import amp_cpu_on, amp_cpu_warning, amp_enabled
+from .train import amp_cpu_on, amp_cpu_warning, amp_enabled, joint_unlabelled_per_epoch
 from .strategies import SelectionContext, build_strategy
 from .utils import atomic_torch_save, atomic_write_json, atomic_write_text, derive_seed, generator, resolve_device
 
@@ -224,9 +224,9 @@ class Experiment:
         model = build_classifier(self.cfg, len(splits.classes), in_channels)
         if self.cfg.train.mode != "supervised":
             ssl = build_ssl_branch(self.cfg, model)
-            if self.cfg.train.mode == "joint":  # cycle 0 trains on the initial set plus as many unlabelled images
-                n = len(splits.pool)
-                ssl.check_images(self.cfg.initial + min(self.cfg.initial, n - self.cfg.initial))
+            if self.cfg.train.mode == "joint":  # what cycle 0's epochs will cluster (PCL), checked before any training
+                n = self.cfg.initial
+                ssl.check_images(n + joint_unlabelled_per_epoch(n, len(splits.pool) - n))
         return init_backbone(self.cfg, in_channels) if self.cfg.train.init_backbone else None  # missing, unreadable or of another model
 
     def _initial_set(self, md: ModeData, initial_strategy, pool_size: int) -> torch.Tensor:

@@ -373,6 +373,12 @@ def _epoch_images(
     return it
 
 
+def joint_unlabelled_per_epoch(n_labelled: int, n_unlabelled: int) -> int:
+    """Unlabelled images drawn per joint epoch: |L| (MoBYv2AL, METHODS.md sec. 2),
+    or the whole unlabelled pool when it is smaller."""
+    return min(n_labelled, n_unlabelled)
+
+
 def train_joint(
     model: torch.nn.Module,
     method: "SSLMethod",
@@ -434,7 +440,7 @@ def train_joint(
         raise ValueError("joint training needs the SSL method built on the classifier's backbone")
     start = time.perf_counter()
     n = int(images.shape[0])
-    n_u = min(n, num_unlabelled)
+    n_u = joint_unlabelled_per_epoch(n, num_unlabelled)
     bs = min(cfg.batch_size, n)
     spe = math.ceil(n / bs)
     spe_u = math.ceil(n_u / bs) if n_u else 0

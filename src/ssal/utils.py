@@ -51,7 +51,7 @@ def check_option_types(fn: Callable[..., Any], options: dict[str, Any], key: str
     target = fn.__init__ if inspect.isclass(fn) else fn
     try:
         hints = typing.get_type_hints(target)
-    except Exception:  # an annotation that does not evaluate: nothing to check against
+    except (NameError, TypeError):  # an annotation that does not evaluate: nothing to check against
         return
     for name, value in options.items():
         hint = hints.get(name)
