@@ -298,6 +298,10 @@ def test_pretraining_key_follows_images_model_and_ssl_settings_only(sample):
     for over in (["ssl.checkpoint_minutes=1", "ssl.cache_dir=/elsewhere"], ["seed=5"], ["strategy=random", "cycles=9", "budget=7", "initial=50"],
                  ["train.lr=0.5", "train.epochs=3"], ["ssl.low_loss_fraction=0.5", "ssl.views=strong_strong", "ssl.lambda_c=2"]):
         assert key(over) == base, over
+    # ssl.amp acts on CUDA only: off CUDA it shares the default's cache
+    ssl = lambda amp: resolve_config(None, [*PRE, f"ssl.amp={amp}"]).ssl  # noqa: E731
+    assert pretrain_key(fp, "smallcnn", {"width": 8}, 1, ssl("false")) != base
+    assert pretrain_key(fp, "smallcnn", {"width": 8}, 1, ssl("false"), cuda=False) == pretrain_key(fp, "smallcnn", {"width": 8}, 1, ssl("true"), cuda=False) == base
 
 
 def test_byol_pretrains_on_its_asymmetric_view_pair_and_the_key_says_so(sample):

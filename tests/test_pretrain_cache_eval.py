@@ -64,6 +64,21 @@ def test_ssl_images_are_the_whole_train_split_whatever_the_seed():
     assert torch.equal(a.ssl_images[a.pool_ssl_index], a.pool.images)
 
 
+def test_class_caps_keep_the_same_images_whatever_the_run_seed():
+    """The imbalanced protocol: which images survive the caps follows
+    ``caps_seed``, not the run seed, so every seed pretrains on the same
+    images and shares one SSL cache; another ``caps_seed`` keeps others."""
+    from ssal.loop import prepare_splits
+
+    caps = ["class_caps={0: 50, 3: 20}"]
+    a, b = (prepare_splits(resolve_config(None, [*caps, f"seed={s}"]), progress=False) for s in (0, 1))
+    assert len(a.ssl_images) == 6000 - 550 - 580
+    assert torch.equal(a.ssl_images, b.ssl_images)
+    assert not torch.equal(a.pool_source_index.sort().values, b.pool_source_index.sort().values)  # the validation split still follows the seed
+    c = prepare_splits(resolve_config(None, [*caps, "caps_seed=1"]), progress=False)
+    assert len(c.ssl_images) == len(a.ssl_images) and not torch.equal(c.ssl_images, a.ssl_images)
+
+
 def test_pretraining_checkpoints_every_checkpoint_minutes(tmp_path, sample, monkeypatch):
     images, kw = pretrain_args(sample)
     saves = []

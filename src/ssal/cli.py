@@ -51,7 +51,9 @@ Keys (see `ssal list keys` for all of them and their defaults):
   budget       images labelled per cycle
   cycles       number of train/evaluate rounds (|L| = initial + budget * cycle)
   subset       candidates scored per cycle (random subset of the pool), or all
-  seed         one seed drives every random choice of the run
+  seed         drives the run's random choices (validation split, initial set,
+               training, selection); SSL pretraining (ssl.seed) and the
+               class_caps draw (caps_seed) have their own, so seeds share them
   out          run folder (default runs/<dataset>-<strategy>-seed<seed>)
   train.mode, train.epochs, train.batch_size, train.lr, train.schedule, ...
 

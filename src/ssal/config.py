@@ -112,6 +112,7 @@ class Config:
     subset: Optional[int] = None  # candidates scored per cycle; null/all = the whole pool
     val_size: float = 0.1  # validation split carved from train: fraction (<1) or count (>=1)
     class_caps: dict[int, int] = field(default_factory=dict)  # class index -> max train images
+    caps_seed: int = 0  # seed of the class_caps draw, independent of the run seed: every seed shares one capped dataset (and one SSL cache)
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
     threads: int = 0  # torch CPU threads, 0 = torch default

@@ -72,7 +72,7 @@ def prepare_splits(cfg: DictConfig, progress: bool = True) -> Splits:
     for k in caps:
         if not 0 <= k < train.num_classes:
             raise SsalError(f"invalid key class_caps.{k}: the dataset has classes 0..{train.num_classes - 1}")
-    kept = apply_class_caps(train.labels, caps or None, derive_seed(cfg.seed, "caps"))
+    kept = apply_class_caps(train.labels, caps or None, derive_seed(cfg.caps_seed, "caps"))  # not the run seed: the SSL cache is shared across seeds
     val_size = cfg.val_size if cfg.val_size < 1 else int(cfg.val_size)
     pool_pos, val_pos = split_validation(train.labels[kept], val_size, derive_seed(cfg.seed, "val"))
     pool_idx, val_idx = kept[pool_pos], kept[val_pos]

@@ -54,10 +54,18 @@ def images_fingerprint(images: torch.Tensor) -> str:
     return h.hexdigest()[:16]
 
 
-def pretrain_key(fingerprint: str, model: str, model_kwargs: dict, in_channels: int, ssl_cfg: DictConfig | dict) -> str:
-    """Cache key: image fingerprint + backbone + every SSL setting that changes the result."""
+def pretrain_key(
+    fingerprint: str, model: str, model_kwargs: dict, in_channels: int, ssl_cfg: DictConfig | dict, cuda: bool = True
+) -> str:
+    """Cache key: image fingerprint + backbone + every SSL setting that changes the result.
+
+    ``cuda``: whether the pretraining runs on a CUDA device; ``ssl.amp`` acts
+    only there, so off CUDA every value of it shares the key of its default.
+    """
     ssl = OmegaConf.to_container(ssl_cfg) if isinstance(ssl_cfg, DictConfig) else dict(ssl_cfg)
     ssl = {k: v for k, v in ssl.items() if k not in _NOT_IN_KEY}
+    if not cuda and "amp" in ssl:
+        ssl["amp"] = True  # the default: caches written before this rule keep their keys
     if not ssl.get("multicrop"):  # no small crops: their settings change nothing (and older caches keep their keys)
         ssl = {k: v for k, v in ssl.items() if not k.startswith("multicrop")}
     if amp_cpu_on(ssl.get("amp_cpu")):  # resolved: auto shares the cache of what it chose on this CPU
@@ -146,7 +154,7 @@ def pretrain(
         raise SsalError(f"ssl.multicrop={ssl_cfg.multicrop}: {ssl_cfg.method} takes no multi-crop views (these do: {takes}); set ssl.multicrop=0")
     in_channels = int(images.shape[1])
     fp = images_fingerprint(images)
-    key = pretrain_key(fp, model, model_kwargs, in_channels, ssl_cfg)
+    key = pretrain_key(fp, model, model_kwargs, in_channels, ssl_cfg, cuda=torch.device(device).type == "cuda")
     root = Path(ssl_cfg.cache_dir).expanduser() if ssl_cfg.cache_dir else resolve_cache_dir(cache_dir) / "ssl"
     folder = root / f"{ssl_cfg.method}-{key}"
     folder.mkdir(parents=True, exist_ok=True)
