@@ -31,6 +31,35 @@ def test_presets_resolve():
     assert list(moby.train.milestones) == [120, 160] and moby.seed == 3
 
 
+def _grid_row_and_preset(tmp_path, grid_name: str, run_name: str, preset: str) -> tuple[dict, dict]:
+    """The resolved config of one run of a benchmark grid, and ``preset`` with
+    that run's dataset, seed, out and threads (what a grid row sets per run)."""
+    grid = yaml.safe_load((Path(__file__).resolve().parents[1] / "benchmarks" / "grids" / f"{grid_name}.yaml").read_text())
+    grid["out"] = str(tmp_path / "runs")  # not the checkout's run folders
+    (tmp_path / "grid.yaml").write_text(yaml.safe_dump(grid))
+    row = next(r for r in load_grid(tmp_path / "grid.yaml").runs if r.name == run_name)
+    cfg = resolve_config(preset, [f"dataset={row.cfg.dataset}", f"seed={row.cfg.seed}", f"out={row.cfg.out}", f"threads={row.cfg.threads}"])
+    return OmegaConf.to_container(row.cfg), OmegaConf.to_container(cfg)
+
+
+@pytest.mark.parametrize(
+    "preset, grid, run_name",
+    [
+        ("cpu-mobyv2al-cifar10", "cpu-ssl-modes-cifar10", "joint-coreset-seed0"),
+        ("cpu-mobyv2al-fashionmnist", "cpu-ssl-modes-fashionmnist", "joint-coreset-seed1"),
+        ("cpu-mobyv2al-imbalanced-cifar10", "cpu-mobyv2al-imbalanced-cifar10", "joint-coreset-seed2"),
+    ],
+)
+def test_cpu_mobyv2al_twins_are_the_benchmarked_rows(tmp_path, preset, grid, run_name):
+    """The CPU twins' comments quote a grid row of BENCHMARKS.md: each twin
+    resolves to exactly that row's config (data_root aside: where the data is)."""
+    from ssal.loop import _config_diff
+
+    want, got = _grid_row_and_preset(tmp_path, grid, run_name, preset)
+    got["data_root"] = want["data_root"]
+    assert _config_diff(want, got) == []
+
+
 def test_cpu_vicreg_preset_is_the_benchmarked_row(tmp_path, monkeypatch):
     """The numbers quoted in the preset's comment belong to one grid row of
     BENCHMARKS.md; the preset must resolve to exactly that row's config on a CPU
@@ -38,12 +67,7 @@ def test_cpu_vicreg_preset_is_the_benchmarked_row(tmp_path, monkeypatch):
     import ssal.train
     from ssal.loop import _config_diff
 
-    grid = yaml.safe_load((Path(__file__).resolve().parents[1] / "benchmarks" / "grids" / "cpu-ssl-modes-cifar10.yaml").read_text())
-    grid["out"] = str(tmp_path / "runs")  # not the checkout's run folders
-    (tmp_path / "grid.yaml").write_text(yaml.safe_dump(grid))
-    row = next(r for r in load_grid(tmp_path / "grid.yaml").runs if r.name == "pretrain-vicreg120-coreset-60ep-seed0")
-    preset = resolve_config("cpu-vicreg-cifar10", [f"dataset={row.cfg.dataset}", "seed=0", f"out={row.cfg.out}", f"threads={row.cfg.threads}"])
-    want, got = OmegaConf.to_container(row.cfg), OmegaConf.to_container(preset)
+    want, got = _grid_row_and_preset(tmp_path, "cpu-ssl-modes-cifar10", "pretrain-vicreg120-coreset-60ep-seed0", "cpu-vicreg-cifar10")
     assert (got["train"]["amp_cpu"], got["ssl"]["amp_cpu"], want["train"]["amp_cpu"], want["ssl"]["amp_cpu"]) == ("auto", "auto", True, True)
     monkeypatch.setattr(ssal.train, "cpu_has_native_bfloat16", lambda: True)
     assert _config_diff(want, got) == []
