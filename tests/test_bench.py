@@ -389,13 +389,9 @@ def _flock_holder(path: Path) -> int | None:
     return None
 
 
-@pytest.mark.skipif(not Path("/proc/locks").exists(), reason="needs Linux /proc/locks to find the worker")
-def test_sigkilled_worker_is_reported_and_a_rerun_resumes_its_run(tmp_path, capsys):
-    """A real worker process killed with SIGKILL mid-run (no clean-up at all):
-    the bench reports it, and the next `ssal bench` resumes the run to the
-    result of an uninterrupted one."""
-    import os
-    import signal
+def _start_bench_until_both_workers_run(tmp_path) -> tuple:
+    """A real `ssal bench --workers 2` of two 3-cycle runs, returned once each
+    run's lock is held by a worker: (process, run0 folder, sets, grid file, lock files)."""
     import subprocess
     import sys
     import time
@@ -404,14 +400,53 @@ def test_sigkilled_worker_is_reported_and_a_rerun_resumes_its_run(tmp_path, caps
 
     sets = [o for o in TINY if not o.startswith(("cycles=", "train.epochs="))] + ["cycles=3", "train.epochs=4", "threads=1"]
     grid = write_grid(tmp_path, set=sets, grid={"strategy": ["coreset"], "seed": [0, 1]})
-    run0 = tmp_path / "out" / "sample-supervised-coreset-seed0"
+    runs = [tmp_path / "out" / f"sample-supervised-coreset-seed{k}" for k in (0, 1)]
+    locks = [r / LOCK_FILE for r in runs]
     cmd = [sys.executable, "-m", "ssal", "bench", str(grid), "--workers", "2"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 180
+    while time.time() < deadline and proc.poll() is None:
+        if all(lk.exists() and _flock_holder(lk) not in (None, proc.pid) for lk in locks):
+            break
+        time.sleep(0.02)
+    return proc, runs[0], sets, grid, locks
+
+
+@pytest.mark.skipif(not Path("/proc/locks").exists(), reason="needs Linux /proc/locks to find the workers")
+def test_sigterm_to_the_bench_stops_its_workers(tmp_path):
+    """`kill <bench pid>` (SIGTERM, as a job scheduler sends) must not leave
+    orphaned workers training on: the bench stops them and exits 143."""
+    import os
+    import signal
+    import time
+
+    proc, _, _, _, locks = _start_bench_until_both_workers_run(tmp_path)
+    workers = [_flock_holder(lk) for lk in locks]
+    assert proc.poll() is None and None not in workers and proc.pid not in workers
+    os.kill(proc.pid, signal.SIGTERM)
+    proc.communicate(timeout=60)
+    assert proc.returncode == 143
+    deadline = time.time() + 30
+    while time.time() < deadline and any(_flock_holder(lk) is not None for lk in locks):
+        time.sleep(0.05)
+    assert [_flock_holder(lk) for lk in locks] == [None, None]  # no worker holds its run any more
+
+
+@pytest.mark.skipif(not Path("/proc/locks").exists(), reason="needs Linux /proc/locks to find the worker")
+def test_sigkilled_worker_is_reported_and_a_rerun_resumes_its_run(tmp_path, capsys):
+    """A real worker process killed with SIGKILL mid-run (no clean-up at all):
+    the bench reports it, and the next `ssal bench` resumes the run to the
+    result of an uninterrupted one."""
+    import os
+    import signal
+    import time
+
+    proc, run0, sets, grid, locks = _start_bench_until_both_workers_run(tmp_path)
     victim, deadline = None, time.time() + 180
     while victim is None and time.time() < deadline and proc.poll() is None:
         res = run0 / "results.jsonl"
         if res.exists() and res.read_text().count("\n") >= 1:
-            victim = _flock_holder(run0 / LOCK_FILE)
+            victim = _flock_holder(locks[0])
         time.sleep(0.02)
     assert victim is not None and victim != proc.pid
     os.kill(victim, signal.SIGKILL)

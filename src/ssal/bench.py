@@ -38,8 +38,10 @@ import multiprocessing
 import multiprocessing.connection
 import os
 import re
+import signal
 import string
 import sys
+import threading
 import time
 import traceback
 from collections import deque
@@ -638,7 +640,32 @@ def _run_sequential(todo: list[RunStatus], outcome: BenchOutcome, log: Callable[
         log(f"[done] {run.name}: test accuracy {100 * records[-1]['test_acc']:.2f}% ({(time.perf_counter() - t0) / 60:.1f} min)")
 
 
+def _exit_on_signal(signum: int, frame: Any) -> None:
+    raise SystemExit(128 + signum)
+
+
+@contextmanager
+def _termination_unwinds() -> Iterator[None]:
+    """SIGTERM and SIGHUP raise SystemExit in the main thread while inside, so
+    ``finally`` blocks run (a plain ``kill`` of the bench would otherwise leave
+    its worker processes running on); the old handlers come back on exit."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = {sig: signal.signal(sig, _exit_on_signal) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+
+
 def _run_parallel(todo: list[RunStatus], workers: int, outcome: BenchOutcome, log: Callable[[str], None]) -> None:
+    with _termination_unwinds():
+        _run_workers(todo, workers, outcome, log)
+
+
+def _run_workers(todo: list[RunStatus], workers: int, outcome: BenchOutcome, log: Callable[[str], None]) -> None:
     ctx = multiprocessing.get_context("spawn")
     pending = deque(enumerate(todo, 1))
     active: dict[int, tuple[Any, RunStatus, float]] = {}
@@ -667,7 +694,7 @@ def _run_parallel(todo: list[RunStatus], workers: int, outcome: BenchOutcome, lo
                     outcome.failed[name] = f"worker {why}"
                     log(f"[fail] {name}: worker {why}; its saved cycles are intact, rerun to resume")
     finally:
-        for proc, _, _ in active.values():  # interrupted: stop the other workers; their runs resume next time
+        for proc, _, _ in active.values():  # interrupted (Ctrl-C, SIGTERM, SIGHUP): stop the workers; their runs resume next time
             proc.terminate()
         for proc, _, _ in active.values():
             proc.join()
