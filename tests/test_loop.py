@@ -86,6 +86,27 @@ def test_resume_refuses_changed_config(tmp_path):
         run(tmp_path, "a", ["budget=31"], resume=True)
 
 
+def test_resume_refuses_a_pool_that_changed_under_the_same_config(tmp_path, monkeypatch):
+    """The same config can name other images (an image folder edited between
+    the crash and the resume, a dataset file replaced): the resume must stop,
+    not label indices that now point at other images."""
+    run(tmp_path, "a")
+    state = json.loads((tmp_path / "a" / "state.json").read_text())
+    assert len(state["pool_images"]) == 16
+    real = loop.prepare_splits
+
+    def other_images(cfg, progress=True):
+        s = real(cfg, progress)
+        s.pool.images[0] = 255 - s.pool.images[0]
+        return s
+
+    monkeypatch.setattr(loop, "prepare_splits", other_images)
+    with pytest.raises(Exception, match="pool's images differ"):
+        run(tmp_path, "a", resume=True)
+    monkeypatch.undo()
+    run(tmp_path, "a", resume=True)  # the same images: resumes
+
+
 def spy_label_reads(monkeypatch) -> list[bool]:
     """Record, for every ActivePool.targets call, whether all indices read were labelled."""
     from ssal.data.oracle import ActivePool

@@ -39,7 +39,7 @@ from .modes import (
     setup_mode,
     train_cycle,
 )
-from .pretrain import crop_scale
+from .pretrain import crop_scale, images_fingerprint
 from .train import amp_cpu_on, amp_cpu_warning, amp_enabled, joint_unlabelled_per_epoch
 from .strategies import SelectionContext, build_strategy
 from .utils import atomic_torch_save, atomic_write_json, atomic_write_text, derive_seed, generator, resolve_device
@@ -167,6 +167,12 @@ class Experiment:
         splits = prepare_splits(cfg, self.progress)
         pool = splits.pool
         validate_against_pool(cfg, len(pool))
+        self._pool_fp = images_fingerprint(pool.images)  # saved with the state: a resume must find the same pool
+        if state is not None and state.get("pool_images", self._pool_fp) != self._pool_fp:  # states written before it: not checked
+            raise SsalError(
+                f"cannot resume {self.out}: the pool's images differ from those the run was saved with "
+                "(dataset files, class_caps, caps_seed or val_size changed); start it afresh with another out="
+            )
         init = self._check_model(splits)  # a bad model, SSL option or init backbone fails here, before anything is written
         # Validated: from here on the run folder may be written.
         self.out.mkdir(parents=True, exist_ok=True)
@@ -331,6 +337,7 @@ class Experiment:
                 "next_cycle": next_cycle,
                 "records": records,
                 "pool": pool.state_dict(),
+                "pool_images": self._pool_fp,
                 "ssl_backbone": ssl_folder,
                 "ssal_version": __version__,
                 "git_commit": _git_commit(),
