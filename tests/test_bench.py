@@ -413,9 +413,11 @@ def _start_bench_until_both_workers_run(tmp_path) -> tuple:
 
 
 @pytest.mark.skipif(not Path("/proc/locks").exists(), reason="needs Linux /proc/locks to find the workers")
-def test_sigterm_to_the_bench_stops_its_workers(tmp_path):
-    """`kill <bench pid>` (SIGTERM, as a job scheduler sends) must not leave
-    orphaned workers training on: the bench stops them and exits 143."""
+@pytest.mark.parametrize("sig, code", [("SIGTERM", 143), ("SIGINT", 130)])
+def test_a_signal_to_the_bench_alone_stops_its_workers(tmp_path, sig, code):
+    """`kill <bench pid>` (SIGTERM, as a job scheduler sends) or SIGINT to the
+    bench process alone must not leave orphaned workers training on: the bench
+    stops them and exits 143 or 130 (Ctrl-C in a terminal also reaches the workers)."""
     import os
     import signal
     import time
@@ -423,9 +425,9 @@ def test_sigterm_to_the_bench_stops_its_workers(tmp_path):
     proc, _, _, _, locks = _start_bench_until_both_workers_run(tmp_path)
     workers = [_flock_holder(lk) for lk in locks]
     assert proc.poll() is None and None not in workers and proc.pid not in workers
-    os.kill(proc.pid, signal.SIGTERM)
+    os.kill(proc.pid, getattr(signal, sig))
     proc.communicate(timeout=60)
-    assert proc.returncode == 143
+    assert proc.returncode == code
     deadline = time.time() + 30
     while time.time() < deadline and any(_flock_holder(lk) is not None for lk in locks):
         time.sleep(0.05)

@@ -171,7 +171,7 @@ class Experiment:
         if state is not None and state.get("pool_images", self._pool_fp) != self._pool_fp:  # states written before it: not checked
             raise SsalError(
                 f"cannot resume {self.out}: the pool's images differ from those the run was saved with "
-                "(dataset files, class_caps, caps_seed or val_size changed); start it afresh with another out="
+                "(the dataset's files changed); start it afresh with another out="
             )
         init = self._check_model(splits)  # a bad model, SSL option or init backbone fails here, before anything is written
         # Validated: from here on the run folder may be written.
