@@ -107,6 +107,29 @@ def test_resume_refuses_a_pool_that_changed_under_the_same_config(tmp_path, monk
     run(tmp_path, "a", resume=True)  # the same images: resumes
 
 
+def test_a_run_saved_before_caps_seed_resumes_only_on_its_own_cap_draw(tmp_path):
+    """Runs saved before ``caps_seed`` existed drew their class_caps with the
+    run seed. Their saved config lacks the key (and their state the pool
+    fingerprint), so today's default (caps_seed 0) would pass the config check
+    and resume on other images. The saved config is read as caps_seed = its
+    seed: the default is refused with the value to use, which resumes."""
+    caps = ["class_caps={0: 50, 3: 20}", "seed=1"]
+    run(tmp_path, "old", [*caps, "caps_seed=1"])  # the draw such a run made
+    out = tmp_path / "old"
+    saved = (out / "config.yaml").read_text()
+    assert "caps_seed: 1\n" in saved
+    (out / "config.yaml").write_text(saved.replace("caps_seed: 1\n", ""))
+    state = json.loads((out / "state.json").read_text())
+    del state["pool_images"]
+    (out / "state.json").write_text(json.dumps(state))
+    with pytest.raises(Exception, match=r"differs from the saved one at caps_seed \(saved before caps_seed existed.*caps_seed=1\)"):
+        run(tmp_path, "old", caps, resume=True)
+    run(tmp_path, "old", [*caps, "caps_seed=1"], resume=True)
+    run(tmp_path, "seed0", ["class_caps={0: 50, 3: 20}"])  # seed 0: its old draw is today's default
+    (tmp_path / "seed0" / "config.yaml").write_text((tmp_path / "seed0" / "config.yaml").read_text().replace("caps_seed: 0\n", ""))
+    run(tmp_path, "seed0", ["class_caps={0: 50, 3: 20}"], resume=True)
+
+
 def spy_label_reads(monkeypatch) -> list[bool]:
     """Record, for every ActivePool.targets call, whether all indices read were labelled."""
     from ssal.data.oracle import ActivePool

@@ -130,12 +130,15 @@ class Experiment:
             return None  # nothing to resume: start afresh
         saved_cfg_path = self.out / CONFIG_FILE
         if saved_cfg_path.exists():
-            saved = OmegaConf.load(saved_cfg_path)
+            saved, legacy_caps = _as_saved(OmegaConf.to_container(OmegaConf.load(saved_cfg_path)))
             defaults = OmegaConf.to_container(OmegaConf.structured(Config))
-            diff = _config_diff(OmegaConf.to_container(saved), OmegaConf.to_container(self.cfg), defaults)
+            diff = _config_diff(saved, OmegaConf.to_container(self.cfg), defaults)
             diff = [k for k in diff if k != "log" and not k.startswith("log.")]  # logging options change no result
             if diff:
-                raise SsalError(f"cannot resume {self.out}: config differs from the saved one at {', '.join(diff[:5])}")
+                hint = ""
+                if "caps_seed" in diff and legacy_caps:
+                    hint = f" (saved before caps_seed existed, its class_caps draw used its seed: resume with caps_seed={saved['caps_seed']})"
+                raise SsalError(f"cannot resume {self.out}: config differs from the saved one at {', '.join(diff[:5])}{hint}")
         try:
             return json.loads(state_path.read_text())
         except (OSError, json.JSONDecodeError) as err:
@@ -381,6 +384,16 @@ def _resolved(cfg):
             if isinstance(cfg.get(part), dict) and cfg[part].get("amp_cpu") == "auto":
                 cfg = {**cfg, part: {**cfg[part], "amp_cpu": amp_cpu_on("auto")}}
     return cfg
+
+
+def _as_saved(saved: dict) -> tuple[dict, bool]:
+    """A saved config read the way its run was made, and whether that needed
+    a rule for an older key. Runs saved before ``caps_seed`` existed drew their
+    ``class_caps`` with the run seed, so for them ``caps_seed`` is that seed,
+    not today's default: a resume must keep the images its labels point at."""
+    if "caps_seed" not in saved and saved.get("class_caps"):
+        return {**saved, "caps_seed": saved.get("seed", 0)}, True
+    return saved, False
 
 
 def _config_diff(saved, current, defaults=None, prefix: str = "") -> list[str]:
