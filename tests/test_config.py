@@ -88,6 +88,7 @@ def test_cpu_vicreg_preset_is_the_benchmarked_row(tmp_path, monkeypatch):
         (["train.schedule=weird"], "train.schedule"),
         (["device=gpu0"], "device"),
         (["budget"], "budget"),
+        (["ssl.method=byoll"], "ssl.method=byoll"),  # even in supervised mode, which does not use it
     ],
 )
 def test_bad_values_name_the_key(args, needle):

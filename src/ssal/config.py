@@ -244,6 +244,9 @@ def validate(cfg: DictConfig) -> None:
         f"is for train.mode=supervised or joint; train.mode={t.mode} takes its encoder from the ssl pretraining",
     )
     s = cfg.ssl
+    from .ssl import SSL_METHODS  # here: the methods import torch models, the schema does not
+
+    need(s.method in SSL_METHODS, "ssl.method", s.method, f"choose one of: {', '.join(SSL_METHODS)}")  # in every mode: a typo must not pass unused
     for key, value in (("train.amp_cpu", t.amp_cpu), ("ssl.amp_cpu", s.amp_cpu)):
         need(isinstance(value, bool) or value == "auto", key, value, "choose true, false or auto (bfloat16 only where the CPU has it natively)")
     need(s.lambda_c >= 0, "ssl.lambda_c", s.lambda_c, "must be >= 0")
