@@ -54,6 +54,61 @@ def joint_cfg(epochs=2):
 # -- joint mode (MoBYv2AL) -----------------------------------------------------
 
 
+def test_a_warm_started_joint_cycle_continues_the_ssl_branch(tmp_path, monkeypatch):
+    """train.warm_start in joint mode keeps the whole joint system: the next
+    cycle starts from the last cycle's projector, predictor, momentum encoder
+    and queues, not from random SSL layers around a trained backbone. model.pt
+    stays the classifier alone (what eval-features and reports load); a resume
+    restores the branch from ssl_branch.pt to the uninterrupted result."""
+    real, ends, starts = modes.train_joint, [], []
+
+    def spy(model, method, *a, **k):
+        starts.append({k2: v.clone() for k2, v in modes.ssl_branch_state(method).items()})
+        out = real(model, method, *a, **k)
+        ends.append({k2: v.clone() for k2, v in modes.ssl_branch_state(method).items()})
+        return out
+
+    monkeypatch.setattr(modes, "train_joint", spy)
+    extra = [*JOINT, "cycles=3", "strategy=random", "train.warm_start=true"]
+    full = run(tmp_path, "warm", extra)
+    assert len(starts) == 3
+    keys = set(ends[0])
+    assert {"queue1.keys", "queue2.ptr", "projector.0.weight", "predictor.0.weight", "target_projector.0.weight"} <= keys
+    assert any(k.startswith("target_encoder.") for k in keys) and not any(k.startswith("encoder.") for k in keys)
+    for c in (1, 2):
+        assert starts[c].keys() == ends[c - 1].keys()
+        assert all(torch.equal(starts[c][k], ends[c - 1][k]) for k in keys)
+    assert not all(torch.equal(starts[0][k], ends[0][k]) for k in keys)  # training moved the branch
+    saved = torch.load(tmp_path / "warm" / "model.pt")
+    assert "head.weight" in saved and not any(k.startswith(modes.SSL_BRANCH_PREFIX) for k in saved)
+    branch = torch.load(tmp_path / "warm" / "ssl_branch.pt")
+    assert branch.keys() == keys and all(torch.equal(branch[k], ends[2][k]) for k in keys)
+
+    starts.clear()
+    calls = {"n": 0}
+
+    def crashing(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 3:  # die in cycle 2, after cycle 1's model and branch are saved
+            raise KeyboardInterrupt
+        return spy(*a, **k)
+
+    monkeypatch.setattr(modes, "train_joint", crashing)
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path, "res", extra)
+    monkeypatch.setattr(modes, "train_joint", spy)
+    starts.clear()
+    resumed = run(tmp_path, "res", extra, resume=True)
+    assert all(torch.equal(starts[0][k], ends[1][k]) for k in keys)  # cycle 2 resumed from cycle 1's branch (the full run's: deterministic)
+    strip = lambda rs: [{k: v for k, v in r.items() if not k.startswith("seconds")} for r in rs]  # noqa: E731
+    assert strip(resumed) == strip(full)
+
+    cold = []
+    monkeypatch.setattr(modes, "train_joint", lambda m, method, *a, **k: (cold.append(modes.ssl_branch_state(method)["queue1.ptr"].item()), real(m, method, *a, **k))[1])
+    run(tmp_path, "cold", [*JOINT, "cycles=2", "strategy=random"])
+    assert cold == [0, 0] and not (tmp_path / "cold" / "ssl_branch.pt").exists()  # without warm_start each cycle starts afresh
+
+
 def test_joint_runs_on_one_channel_fashion_mnist_end_to_end(tmp_path):
     """Defect 9: the official MoBYv2AL crashed on 1-channel input."""
     records = run(tmp_path, "j", JOINT)
@@ -474,7 +529,7 @@ def test_bad_ssl_settings_are_one_line_errors_that_write_nothing(tmp_path):
     from ssal.cli import main
 
     for bad, msg in [
-        (["train.mode=joint", "ssl.method=nope"], "unknown ssl.method 'nope'"),
+        (["train.mode=joint", "ssl.method=nope"], "ssl.method=nope: choose one of"),
         (["train.mode=joint", "ssl.options.queue=5"], "has no option 'queue'"),
         (["train.mode=sometimes"], "train.mode"),
         (["ssl.low_loss_fraction=0"], "ssl.low_loss_fraction"),

@@ -38,7 +38,7 @@ class TrainConfig:
     warmup_epochs: float = 0.0
     label_smoothing: float = 0.0
     augment: str = "weak"  # weak | strong | none
-    warm_start: bool = False  # keep the previous cycle's weights instead of re-initialising
+    warm_start: bool = False  # keep the previous cycle's weights instead of re-initialising (joint mode: the SSL branch's too)
     amp: bool = True  # mixed precision on CUDA (bfloat16, or float16 with loss scaling)
     amp_cpu: Any = False  # true | false | auto: bfloat16 autocast on the CPU too, training and inference. 1.6-1.9x faster per step on an AVX512-BF16 CPU, 8-12x slower on an AVX2-only one (emulated); auto = on only with AVX512-BF16 or AMX (AMX not measured; BENCHMARKS.md)
     channels_last: bool = True

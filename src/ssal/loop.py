@@ -29,6 +29,7 @@ from .data import ImageData, apply_class_caps, load_dataset, split_validation
 from .data.oracle import ActivePool, GroundTruthOracle
 from .errors import SsalError
 from .modes import (
+    SSL_BRANCH_PREFIX,
     ModeData,
     NetworkTrained,
     Trained,
@@ -37,6 +38,7 @@ from .modes import (
     check_strategy_fits,
     init_backbone,
     setup_mode,
+    split_branch_state,
     train_cycle,
 )
 from .pretrain import crop_scale, images_fingerprint
@@ -48,6 +50,7 @@ STATE_FILE = "state.json"
 RESULTS_FILE = "results.jsonl"
 CONFIG_FILE = "config.yaml"
 CURVE_FILE = "curve.png"
+SSL_BRANCH_FILE = "ssl_branch.pt"  # joint mode with train.warm_start: the SSL branch the next cycle continues
 
 
 @dataclass
@@ -199,6 +202,9 @@ class Experiment:
             start_cycle = int(state["next_cycle"])
             if cfg.train.warm_start and start_cycle > 0 and (self.out / "model.pt").exists():
                 model_state = torch.load(self.out / "model.pt", map_location="cpu")
+                if (self.out / SSL_BRANCH_FILE).exists():  # joint mode: the SSL branch continues too
+                    branch = torch.load(self.out / SSL_BRANCH_FILE, map_location="cpu")
+                    model_state.update({SSL_BRANCH_PREFIX + k: v for k, v in branch.items()})
             self.log(f"resuming {self.out} at cycle {start_cycle}")
         else:
             pool.label(self._initial_set(md, initial_strategy, len(pool)))
@@ -330,9 +336,13 @@ class Experiment:
 
     def _save(self, records: list[dict], pool: ActivePool, next_cycle: int, model_state, ssl_folder: str | None) -> None:
         # model.pt: the last trained model (the head alone in frozen mode), for
-        # warm starts and `ssal eval-features`
+        # warm starts and `ssal eval-features`; ssl_branch.pt: a warm-started
+        # joint model's SSL branch, which the next cycle continues
         if model_state:
-            atomic_torch_save({k: v.detach().cpu() for k, v in model_state.items()}, self.out / "model.pt")
+            model, branch = split_branch_state({k: v.detach().cpu() for k, v in model_state.items()})
+            atomic_torch_save(model, self.out / "model.pt")
+            if branch:
+                atomic_torch_save(branch, self.out / SSL_BRANCH_FILE)
         atomic_write_text(self.out / RESULTS_FILE, "".join(json.dumps(r) + "\n" for r in records))
         atomic_write_json(
             self.out / STATE_FILE,

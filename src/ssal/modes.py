@@ -107,6 +107,32 @@ def build_ssl_branch(cfg: DictConfig, model: nn.Module) -> SSLMethod:
     return build_ssl(str(cfg.ssl.method), model.backbone, int(model.feat_dim), **dict(cfg.ssl.options))
 
 
+#: keys of a joint model's SSL branch in a warm-start state (and in ``ssl_branch.pt``)
+SSL_BRANCH_PREFIX = "ssl_branch."
+
+
+def ssl_branch_state(method: SSLMethod) -> dict[str, torch.Tensor]:
+    """The SSL branch's state without its online encoder (the classifier's
+    backbone, saved with the classifier)."""
+    return {k: v for k, v in method.state_dict().items() if not k.startswith("encoder.")}
+
+
+def split_branch_state(state: dict) -> tuple[dict, dict]:
+    """A warm-start state -> (classifier state, SSL branch state without its prefix)."""
+    n = len(SSL_BRANCH_PREFIX)
+    branch = {k[n:]: v for k, v in state.items() if k.startswith(SSL_BRANCH_PREFIX)}
+    return {k: v for k, v in state.items() if not k.startswith(SSL_BRANCH_PREFIX)}, branch
+
+
+def load_ssl_branch(method: SSLMethod, branch: dict[str, torch.Tensor]) -> None:
+    """Load :func:`ssl_branch_state` into a branch built around the (already
+    loaded) classifier backbone; any other mismatch is an error."""
+    missing, unexpected = method.load_state_dict(branch, strict=False)
+    missing = [k for k in missing if not k.startswith("encoder.")]
+    if missing or unexpected:
+        raise SsalError(f"the saved SSL branch does not fit ssl.method={method.name} (missing {missing[:3]}, unexpected {unexpected[:3]})")
+
+
 class Trained(ABC):
     """A model trained in one cycle, in whatever mode."""
 
@@ -176,7 +202,15 @@ class NetworkTrained(Trained):
         return ssl_sample_losses(self.method, self.md.pool_images[idx], views, g, self.md.device, t.eval_batch_size, t.channels_last)
 
     def state_dict(self) -> dict:
-        return self.model.state_dict()
+        """The classifier's weights; in joint mode with ``train.warm_start``
+        also the SSL branch's own state (projector, predictor, momentum
+        encoder, queues) under :data:`SSL_BRANCH_PREFIX`, so the next cycle
+        continues the whole joint system, not a classifier with a fresh head
+        of random SSL layers."""
+        state = self.model.state_dict()
+        if self.method is not None and self.md.cfg.train.warm_start:
+            state.update({SSL_BRANCH_PREFIX + k: v for k, v in ssl_branch_state(self.method).items()})
+        return state
 
 
 class LossPredictionTrained(NetworkTrained):
@@ -278,10 +312,14 @@ def train_cycle(
     model = build_classifier(cfg, md.num_classes, in_ch, md.classifier_dropout)
     if md.ssl_backbone is not None:  # pretrain mode, or train.init_backbone
         model.backbone.load_state_dict(md.ssl_backbone)
+    branch: dict = {}
     if model_state is not None and cfg.train.warm_start:
+        model_state, branch = split_branch_state(model_state)
         model.load_state_dict(model_state)
     if mode == "joint":
         method = build_ssl_branch(cfg, model)
+        if branch:  # a warm start continues the SSL branch too
+            load_ssl_branch(method, branch)
         pool_images = md.pool_images
 
         def unlabelled_images(pos: torch.Tensor) -> torch.Tensor:
