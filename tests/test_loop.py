@@ -289,6 +289,30 @@ def test_resume_of_a_warm_start_run_equals_uninterrupted(tmp_path, monkeypatch):
     assert strip_times(run(tmp_path, "res", extra, resume=True)) == strip_times(full)
 
 
+def test_a_warm_start_run_killed_between_its_writes_resumes_from_the_right_cycle(tmp_path, monkeypatch):
+    """A kill after a cycle's model files are written but before state.json
+    moves on: the resume redoes that cycle, so it must start from the cycle
+    before's weights, not from the ones just written."""
+    extra = ["cycles=3", "strategy=entropy", "train.warm_start=true"]
+    full = run(tmp_path, "full", extra)
+    real, calls = loop.atomic_write_json, {"n": 0}
+
+    def killed(path, obj):
+        calls["n"] += 1
+        if calls["n"] == 2:  # state.json after cycle 1: model.pt and the warm file of cycle 1 are on disk
+            raise KeyboardInterrupt
+        return real(path, obj)
+
+    monkeypatch.setattr(loop, "atomic_write_json", killed)
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path, "res", extra)
+    monkeypatch.undo()
+    out = tmp_path / "res"
+    assert json.loads((out / "state.json").read_text())["next_cycle"] == 1
+    assert sorted(p.name for p in out.glob("warm_start_cycle*.pt")) == ["warm_start_cycle0.pt", "warm_start_cycle1.pt"]
+    assert strip_times(run(tmp_path, "res", extra, resume=True)) == strip_times(full)
+
+
 def test_picks_outside_the_candidates_are_refused():
     with pytest.raises(RuntimeError):
         loop._check_picks(torch.tensor([5, 1]), torch.tensor([1, 2, 3]), 2)

@@ -59,7 +59,8 @@ def test_a_warm_started_joint_cycle_continues_the_ssl_branch(tmp_path, monkeypat
     cycle starts from the last cycle's projector, predictor, momentum encoder
     and queues, not from random SSL layers around a trained backbone. model.pt
     stays the classifier alone (what eval-features and reports load); a resume
-    restores the branch from ssl_branch.pt to the uninterrupted result."""
+    restores the branch from the cycle's warm-start file to the uninterrupted
+    result."""
     real, ends, starts = modes.train_joint, [], []
 
     def spy(model, method, *a, **k):
@@ -81,8 +82,10 @@ def test_a_warm_started_joint_cycle_continues_the_ssl_branch(tmp_path, monkeypat
     assert not all(torch.equal(starts[0][k], ends[0][k]) for k in keys)  # training moved the branch
     saved = torch.load(tmp_path / "warm" / "model.pt")
     assert "head.weight" in saved and not any(k.startswith(modes.SSL_BRANCH_PREFIX) for k in saved)
-    branch = torch.load(tmp_path / "warm" / "ssl_branch.pt")
+    warm = torch.load(tmp_path / "warm" / "warm_start_cycle2.pt")
+    branch = {k[len(modes.SSL_BRANCH_PREFIX) :]: v for k, v in warm.items() if k.startswith(modes.SSL_BRANCH_PREFIX)}
     assert branch.keys() == keys and all(torch.equal(branch[k], ends[2][k]) for k in keys)
+    assert sorted(p.name for p in (tmp_path / "warm").glob("warm_start_cycle*.pt")) == ["warm_start_cycle2.pt"]
 
     starts.clear()
     calls = {"n": 0}
@@ -106,7 +109,7 @@ def test_a_warm_started_joint_cycle_continues_the_ssl_branch(tmp_path, monkeypat
     cold = []
     monkeypatch.setattr(modes, "train_joint", lambda m, method, *a, **k: (cold.append(modes.ssl_branch_state(method)["queue1.ptr"].item()), real(m, method, *a, **k))[1])
     run(tmp_path, "cold", [*JOINT, "cycles=2", "strategy=random"])
-    assert cold == [0, 0] and not (tmp_path / "cold" / "ssl_branch.pt").exists()  # without warm_start each cycle starts afresh
+    assert cold == [0, 0] and not list((tmp_path / "cold").glob("warm_start_cycle*.pt"))  # without warm_start each cycle starts afresh
 
 
 def test_joint_runs_on_one_channel_fashion_mnist_end_to_end(tmp_path):

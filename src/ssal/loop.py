@@ -27,9 +27,8 @@ from . import __version__
 from .config import Config, to_yaml, validate_against_pool
 from .data import ImageData, apply_class_caps, load_dataset, split_validation
 from .data.oracle import ActivePool, GroundTruthOracle
-from .errors import SsalError
+from .errors import SsalError, first_line
 from .modes import (
-    SSL_BRANCH_PREFIX,
     ModeData,
     NetworkTrained,
     Trained,
@@ -50,7 +49,7 @@ STATE_FILE = "state.json"
 RESULTS_FILE = "results.jsonl"
 CONFIG_FILE = "config.yaml"
 CURVE_FILE = "curve.png"
-SSL_BRANCH_FILE = "ssl_branch.pt"  # joint mode with train.warm_start: the SSL branch the next cycle continues
+WARM_FILE = "warm_start_cycle{}.pt"  # train.warm_start: cycle k's whole state (joint: with its SSL branch), which cycle k + 1 starts from
 
 
 @dataclass
@@ -200,11 +199,8 @@ class Experiment:
             records = state["records"]
             pool.load_state_dict(state["pool"])
             start_cycle = int(state["next_cycle"])
-            if cfg.train.warm_start and start_cycle > 0 and (self.out / "model.pt").exists():
-                model_state = torch.load(self.out / "model.pt", map_location="cpu")
-                if (self.out / SSL_BRANCH_FILE).exists():  # joint mode: the SSL branch continues too
-                    branch = torch.load(self.out / SSL_BRANCH_FILE, map_location="cpu")
-                    model_state.update({SSL_BRANCH_PREFIX + k: v for k, v in branch.items()})
+            if cfg.train.warm_start and start_cycle > 0:
+                model_state = self._load_warm_state(start_cycle - 1)
             self.log(f"resuming {self.out} at cycle {start_cycle}")
         else:
             pool.label(self._initial_set(md, initial_strategy, len(pool)))
@@ -336,13 +332,16 @@ class Experiment:
 
     def _save(self, records: list[dict], pool: ActivePool, next_cycle: int, model_state, ssl_folder: str | None) -> None:
         # model.pt: the last trained model (the head alone in frozen mode), for
-        # warm starts and `ssal eval-features`; ssl_branch.pt: a warm-started
-        # joint model's SSL branch, which the next cycle continues
+        # `ssal eval-features` and reports. With warm_start, also the whole
+        # state the next cycle starts from, in a file named by its cycle and
+        # kept until state.json points past it: a kill between the writes
+        # still resumes from the right cycle's weights.
+        warm = bool(self.cfg.train.warm_start)
         if model_state:
-            model, branch = split_branch_state({k: v.detach().cpu() for k, v in model_state.items()})
-            atomic_torch_save(model, self.out / "model.pt")
-            if branch:
-                atomic_torch_save(branch, self.out / SSL_BRANCH_FILE)
+            full = {k: v.detach().cpu() for k, v in model_state.items()}
+            atomic_torch_save(split_branch_state(full)[0], self.out / "model.pt")
+            if warm:
+                atomic_torch_save(full, self.out / WARM_FILE.format(next_cycle - 1))
         atomic_write_text(self.out / RESULTS_FILE, "".join(json.dumps(r) + "\n" for r in records))
         atomic_write_json(
             self.out / STATE_FILE,
@@ -358,10 +357,25 @@ class Experiment:
                 "python": platform.python_version(),
             },
         )
+        if warm:
+            for old in self.out.glob(WARM_FILE.format("*")):
+                if old.name != WARM_FILE.format(next_cycle - 1):
+                    old.unlink(missing_ok=True)
         if self.cfg.plot:
             from .plots import plot_curve
 
             plot_curve(records, self.out / CURVE_FILE, title=f"{self.cfg.dataset} / {self.cfg.model} / {self.cfg.strategy}")
+
+    def _load_warm_state(self, cycle: int) -> dict | None:
+        """The state cycle ``cycle`` saved for a warm start; run folders written
+        before the per-cycle file fall back to model.pt (the classifier)."""
+        for f in (self.out / WARM_FILE.format(cycle), self.out / "model.pt"):
+            if f.exists():
+                try:
+                    return torch.load(f, map_location="cpu")
+                except Exception as err:
+                    raise SsalError(f"cannot resume {self.out}: {f.name} is unreadable ({first_line(err)})") from None
+        return None
 
     # -- output ---------------------------------------------------------------
     def _print_header(self) -> None:
