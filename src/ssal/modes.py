@@ -107,7 +107,7 @@ def build_ssl_branch(cfg: DictConfig, model: nn.Module) -> SSLMethod:
     return build_ssl(str(cfg.ssl.method), model.backbone, int(model.feat_dim), **dict(cfg.ssl.options))
 
 
-#: keys of a joint model's SSL branch in a warm-start state (and in ``ssl_branch.pt``)
+#: keys of a joint model's SSL branch in a warm-start state (a run folder's warm_start_cycle<k>.pt)
 SSL_BRANCH_PREFIX = "ssl_branch."
 
 
