@@ -18,6 +18,20 @@ def run(tmp_path, name, extra=(), resume=False):
     return run_experiment(cfg, resume=resume, progress=False, log=lambda s: None)
 
 
+def killed_on_call(fn, n: int):
+    """``fn``, except that its ``n``-th call raises KeyboardInterrupt instead
+    of running: a kill at a chosen point of a run."""
+    calls = {"n": 0}
+
+    def wrapper(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == n:
+            raise KeyboardInterrupt
+        return fn(*args, **kwargs)
+
+    return wrapper
+
+
 def strip_times(records):
     return [{k: v for k, v in r.items() if not k.startswith("seconds")} for r in records]
 
@@ -57,15 +71,7 @@ def test_resume_after_crash_mid_cycle_equals_uninterrupted(tmp_path, monkeypatch
     full = run(tmp_path, "full", extra)
 
     real_train = modes.train_supervised
-    calls = {"n": 0}
-
-    def crashing_train(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 2:  # die in the middle of cycle 1
-            raise KeyboardInterrupt
-        return real_train(*args, **kwargs)
-
-    monkeypatch.setattr(modes, "train_supervised", crashing_train)
+    monkeypatch.setattr(modes, "train_supervised", killed_on_call(real_train, 2))  # die in the middle of cycle 1
     with pytest.raises(KeyboardInterrupt):
         run(tmp_path, "resumed", extra)
     done = [json.loads(x) for x in (tmp_path / "resumed" / "results.jsonl").read_text().splitlines()]
@@ -274,15 +280,8 @@ def test_resume_of_a_warm_start_run_equals_uninterrupted(tmp_path, monkeypatch):
     """With train.warm_start the resumed cycle must start from the saved model.pt."""
     extra = ["cycles=3", "strategy=entropy", "train.warm_start=true"]
     full = run(tmp_path, "full", extra)
-    real_train, calls = modes.train_supervised, {"n": 0}
-
-    def crashing(*a, **k):
-        calls["n"] += 1
-        if calls["n"] == 3:  # die in cycle 2, after model.pt of cycle 1 is saved
-            raise KeyboardInterrupt
-        return real_train(*a, **k)
-
-    monkeypatch.setattr(modes, "train_supervised", crashing)
+    real_train = modes.train_supervised
+    monkeypatch.setattr(modes, "train_supervised", killed_on_call(real_train, 3))  # die in cycle 2, after cycle 1's model is saved
     with pytest.raises(KeyboardInterrupt):
         run(tmp_path, "res", extra)
     monkeypatch.setattr(modes, "train_supervised", real_train)
@@ -295,15 +294,8 @@ def test_a_warm_start_run_killed_between_its_writes_resumes_from_the_right_cycle
     before's weights, not from the ones just written."""
     extra = ["cycles=3", "strategy=entropy", "train.warm_start=true"]
     full = run(tmp_path, "full", extra)
-    real, calls = loop.atomic_write_json, {"n": 0}
-
-    def killed(path, obj):
-        calls["n"] += 1
-        if calls["n"] == 2:  # state.json after cycle 1: model.pt and the warm file of cycle 1 are on disk
-            raise KeyboardInterrupt
-        return real(path, obj)
-
-    monkeypatch.setattr(loop, "atomic_write_json", killed)
+    # the second state.json write, after cycle 1: model.pt and cycle 1's warm file are on disk
+    monkeypatch.setattr(loop, "atomic_write_json", killed_on_call(loop.atomic_write_json, 2))
     with pytest.raises(KeyboardInterrupt):
         run(tmp_path, "res", extra)
     monkeypatch.undo()

@@ -23,6 +23,7 @@ from ssal.loop import run_experiment
 from ssal.models import build_model
 from ssal.ssl import build_ssl
 from ssal.strategies.prototypes import select_by_assignment
+from test_loop import killed_on_call
 
 TINY = ["model_width=8", "train.epochs=1", "train.min_steps=0", "train.batch_size=32", "plot=false", "val_size=100"]
 JOINT = [*TINY, "train.mode=joint", "ssl.options.queue_size=64", "ssl.options.hidden_dim=32", "ssl.options.proj_dim=16"]
@@ -88,15 +89,7 @@ def test_a_warm_started_joint_cycle_continues_the_ssl_branch(tmp_path, monkeypat
     assert sorted(p.name for p in (tmp_path / "warm").glob("warm_start_cycle*.pt")) == ["warm_start_cycle2.pt"]
 
     starts.clear()
-    calls = {"n": 0}
-
-    def crashing(*a, **k):
-        calls["n"] += 1
-        if calls["n"] == 3:  # die in cycle 2, after cycle 1's model and branch are saved
-            raise KeyboardInterrupt
-        return spy(*a, **k)
-
-    monkeypatch.setattr(modes, "train_joint", crashing)
+    monkeypatch.setattr(modes, "train_joint", killed_on_call(spy, 3))  # die in cycle 2, after cycle 1's model and branch are saved
     with pytest.raises(KeyboardInterrupt):
         run(tmp_path, "res", extra)
     monkeypatch.setattr(modes, "train_joint", spy)
