@@ -392,6 +392,7 @@ def _flock_holder(path: Path) -> int | None:
 def _start_bench_until_both_workers_run(tmp_path) -> tuple:
     """A real `ssal bench --workers 2` of two 3-cycle runs, returned once each
     run's lock is held by a worker: (process, run0 folder, sets, grid file, lock files)."""
+    import signal
     import subprocess
     import sys
     import time
@@ -403,7 +404,11 @@ def _start_bench_until_both_workers_run(tmp_path) -> tuple:
     runs = [tmp_path / "out" / f"sample-supervised-coreset-seed{k}" for k in (0, 1)]
     locks = [r / LOCK_FILE for r in runs]
     cmd = [sys.executable, "-m", "ssal", "bench", str(grid), "--workers", "2"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    # SIGINT at its default in the bench: a shell without job control starts
+    # background jobs (a CI script's `... &`) with SIGINT ignored, and children inherit that
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL)
+    )
     deadline = time.time() + 180
     while time.time() < deadline and proc.poll() is None:
         if all(lk.exists() and _flock_holder(lk) not in (None, proc.pid) for lk in locks):
