@@ -277,7 +277,8 @@ def test_validation_accuracy_is_measured_on_the_validation_split(tmp_path, monke
 
 
 def test_resume_of_a_warm_start_run_equals_uninterrupted(tmp_path, monkeypatch):
-    """With train.warm_start the resumed cycle must start from the saved model.pt."""
+    """With train.warm_start the resumed cycle must start from the weights
+    the cycle before saved (warm_start_cycle<k>.pt)."""
     extra = ["cycles=3", "strategy=entropy", "train.warm_start=true"]
     full = run(tmp_path, "full", extra)
     real_train = modes.train_supervised

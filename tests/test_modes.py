@@ -23,7 +23,7 @@ from ssal.loop import run_experiment
 from ssal.models import build_model
 from ssal.ssl import build_ssl
 from ssal.strategies.prototypes import select_by_assignment
-from test_loop import killed_on_call
+from test_loop import killed_on_call, strip_times
 
 TINY = ["model_width=8", "train.epochs=1", "train.min_steps=0", "train.batch_size=32", "plot=false", "val_size=100"]
 JOINT = [*TINY, "train.mode=joint", "ssl.options.queue_size=64", "ssl.options.hidden_dim=32", "ssl.options.proj_dim=16"]
@@ -96,8 +96,7 @@ def test_a_warm_started_joint_cycle_continues_the_ssl_branch(tmp_path, monkeypat
     starts.clear()
     resumed = run(tmp_path, "res", extra, resume=True)
     assert all(torch.equal(starts[0][k], ends[1][k]) for k in keys)  # cycle 2 resumed from cycle 1's branch (the full run's: deterministic)
-    strip = lambda rs: [{k: v for k, v in r.items() if not k.startswith("seconds")} for r in rs]  # noqa: E731
-    assert strip(resumed) == strip(full)
+    assert strip_times(resumed) == strip_times(full)
 
     cold = []
     monkeypatch.setattr(modes, "train_joint", lambda m, method, *a, **k: (cold.append(modes.ssl_branch_state(method)["queue1.ptr"].item()), real(m, method, *a, **k))[1])
