@@ -428,11 +428,15 @@ def test_a_signal_to_the_bench_alone_stops_its_workers(tmp_path, sig, code):
     import time
 
     proc, _, _, _, locks = _start_bench_until_both_workers_run(tmp_path)
+    deadline = time.time() + 120  # both runs past cycle 0: their training made tqdm's multiprocessing lock
+    while time.time() < deadline and not all((lk.parent / "results.jsonl").exists() for lk in locks):
+        time.sleep(0.05)
     workers = [_flock_holder(lk) for lk in locks]
     assert proc.poll() is None and None not in workers and proc.pid not in workers
     os.kill(proc.pid, getattr(signal, sig))
-    proc.communicate(timeout=60)
+    out, _ = proc.communicate(timeout=60)
     assert proc.returncode == code
+    assert "leaked" not in out  # the stopped workers unwound (multiprocessing's resource tracker found nothing left)
     deadline = time.time() + 30
     while time.time() < deadline and any(_flock_holder(lk) is not None for lk in locks):
         time.sleep(0.05)

@@ -552,6 +552,9 @@ def _worker_main(cfg_yaml: str, name: str) -> None:
     0 when it finished, 2 on a user error (one line on stderr), 1 otherwise."""
     from .loop import run_experiment
 
+    # the bench stops a worker with SIGTERM: unwind (SystemExit 143) so that its
+    # multiprocessing locks are released, not reported as leaked at shutdown
+    signal.signal(signal.SIGTERM, _exit_on_signal)
     cfg = OmegaConf.merge(OmegaConf.structured(Config), OmegaConf.create(cfg_yaml))
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
