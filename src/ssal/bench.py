@@ -549,7 +549,8 @@ def _run_lock(out: Path) -> Iterator[None]:
 
 def _worker_main(cfg_yaml: str, name: str) -> None:
     """Entry point of a worker process: run (or resume) one whole run. Exit code
-    0 when it finished, 2 on a user error (one line on stderr), 1 otherwise."""
+    0 when it finished, 2 on a user error (one line on stderr), 143 when the
+    bench stops it (SIGTERM), 130 on Ctrl-C, 1 otherwise."""
     from .loop import run_experiment
 
     # the bench stops a worker with SIGTERM: unwind (SystemExit 143) so that its
