@@ -276,34 +276,36 @@ def test_validation_accuracy_is_measured_on_the_validation_split(tmp_path, monke
     assert sorted(sizes) == sorted([len(test), 100] * 2)  # per cycle: the test split once, the 100 validation images once
 
 
-def test_resume_of_a_warm_start_run_equals_uninterrupted(tmp_path, monkeypatch):
-    """With train.warm_start the resumed cycle must start from the weights
-    the cycle before saved (warm_start_cycle<k>.pt)."""
+def test_a_warm_start_run_resumes_from_the_cycle_before_wherever_it_was_killed(tmp_path, monkeypatch):
+    """With train.warm_start a resumed cycle must start from the weights the
+    cycle before saved (warm_start_cycle<k>.pt), wherever the kill fell:
+    - in cycle 2's training, after cycle 1 was saved;
+    - between cycle 1's writes: its model files are on disk but state.json
+      still points at cycle 1, so the resume redoes it from cycle 0's weights,
+      not from the ones just written;
+    - a folder from before the per-cycle file (only model.pt): model.pt."""
     extra = ["cycles=3", "strategy=entropy", "train.warm_start=true"]
-    full = run(tmp_path, "full", extra)
-    real_train = modes.train_supervised
-    monkeypatch.setattr(modes, "train_supervised", killed_on_call(real_train, 3))  # die in cycle 2, after cycle 1's model is saved
-    with pytest.raises(KeyboardInterrupt):
-        run(tmp_path, "res", extra)
-    monkeypatch.setattr(modes, "train_supervised", real_train)
-    assert strip_times(run(tmp_path, "res", extra, resume=True)) == strip_times(full)
-
-
-def test_a_warm_start_run_killed_between_its_writes_resumes_from_the_right_cycle(tmp_path, monkeypatch):
-    """A kill after a cycle's model files are written but before state.json
-    moves on: the resume redoes that cycle, so it must start from the cycle
-    before's weights, not from the ones just written."""
-    extra = ["cycles=3", "strategy=entropy", "train.warm_start=true"]
-    full = run(tmp_path, "full", extra)
-    # the second state.json write, after cycle 1: model.pt and cycle 1's warm file are on disk
-    monkeypatch.setattr(loop, "atomic_write_json", killed_on_call(loop.atomic_write_json, 2))
-    with pytest.raises(KeyboardInterrupt):
-        run(tmp_path, "res", extra)
-    monkeypatch.undo()
-    out = tmp_path / "res"
-    assert json.loads((out / "state.json").read_text())["next_cycle"] == 1
-    assert sorted(p.name for p in out.glob("warm_start_cycle*.pt")) == ["warm_start_cycle0.pt", "warm_start_cycle1.pt"]
-    assert strip_times(run(tmp_path, "res", extra, resume=True)) == strip_times(full)
+    full = strip_times(run(tmp_path, "full", extra))
+    kills = {
+        "train": (modes, "train_supervised", 3),
+        "writes": (loop, "atomic_write_json", 2),  # the second state.json write, after cycle 1
+        "old-folder": (modes, "train_supervised", 3),
+    }
+    for name, (module, attr, n) in kills.items():
+        monkeypatch.setattr(module, attr, killed_on_call(getattr(module, attr), n))
+        with pytest.raises(KeyboardInterrupt):
+            run(tmp_path, name, extra)
+        monkeypatch.undo()
+        out = tmp_path / name
+        warm = sorted(p.name for p in out.glob("warm_start_cycle*.pt"))
+        if name == "writes":
+            assert json.loads((out / "state.json").read_text())["next_cycle"] == 1
+            assert warm == ["warm_start_cycle0.pt", "warm_start_cycle1.pt"]
+        else:
+            assert warm == ["warm_start_cycle1.pt"]
+        if name == "old-folder":  # model.pt is cycle 1's classifier: the whole state of a supervised run
+            (out / warm[0]).unlink()
+        assert strip_times(run(tmp_path, name, extra, resume=True)) == full, name
 
 
 def test_picks_outside_the_candidates_are_refused():
