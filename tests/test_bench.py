@@ -157,10 +157,10 @@ def test_variants_and_run_name_template(tmp_path):
     assert [(r.name, r.group) for r in load_grid(templ).runs] == [("a-seed0", "a"), ("b-seed0", "b")]
 
 
-def fake_run(folder: Path, accs: list[float], n_labelled=(40, 70)) -> None:
+def fake_run(folder: Path, accs: list[float], n_labelled=(40, 70), **extra) -> None:
     folder.mkdir(parents=True)
     recs = [
-        {"cycle": c, "n_labelled": n, "test_acc": a, "seconds_train": 1.0, "seconds_eval": 0.5, "seconds_select": 0.25}
+        {"cycle": c, "n_labelled": n, "test_acc": a, "seconds_train": 1.0, "seconds_eval": 0.5, "seconds_select": 0.25, **extra}
         for c, (n, a) in enumerate(zip(n_labelled, accs))
     ]
     (folder / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
@@ -284,6 +284,48 @@ def test_compare_pairs_any_two_groups_seed_by_seed(tmp_path):
     assert len(rows) == 2
     assert "+3.33 +- 1.43" in rows[0] and rows[0].endswith("| better than coreset |")
     assert "+1.00 +- " in rows[1] and rows[1].endswith("| schedules differ: no AUBC difference |")
+
+
+def test_comparisons_across_cpu_thread_counts_are_flagged(tmp_path):
+    """A paired difference between runs that trained on different CPU thread
+    counts holds the thread count's own effect (float sums in another order):
+    the summary names such pairs, seed by seed, and only those. Runs on a GPU,
+    and runs whose thread count is unknown, are not flagged."""
+    grid_file = write_grid(
+        tmp_path,
+        set=TINY,  # threads unset: the records say what each run had
+        grid={"seed": [0, 1, 2]},
+        variants={
+            "random": ["strategy=random"],
+            "coreset": ["strategy=coreset"],
+            "entropy": ["strategy=entropy"],
+            "margin": ["strategy=margin"],
+        },
+        run_name="{variant}-seed{seed}",
+        compare=[["coreset", "entropy"], ["margin", "entropy"]],
+    )
+    for k in range(3):
+        fake_run(tmp_path / "out" / f"random-seed{k}", [0.5, 0.6], device="cpu", cpu_threads=1)
+        fake_run(tmp_path / "out" / f"entropy-seed{k}", [0.5, 0.62], device="cpu", cpu_threads=1)
+        fake_run(tmp_path / "out" / f"coreset-seed{k}", [0.5, 0.61], device="cpu", cpu_threads=2 if k == 0 else 1)
+        if k == 0:  # written before the record had the field, default threads: unknown
+            fake_run(tmp_path / "out" / f"margin-seed{k}", [0.5, 0.61])
+        else:
+            fake_run(tmp_path / "out" / f"margin-seed{k}", [0.5, 0.61], device="cuda:0", cpu_threads=16)
+    summary = summarise(load_grid(grid_file))
+    g = {x["group"]: x for x in summary["groups"]}
+    assert g["coreset"]["vs_baseline"]["threads_differ"] == {"seeds": [0], "group": [2], "vs": [1]}
+    assert g["entropy"]["vs_baseline"]["threads_differ"] is None
+    assert g["margin"]["vs_baseline"]["threads_differ"] is None
+    first, second = summary["comparisons"]
+    assert first["threads_differ"] == {"seeds": [0], "group": [2], "vs": [1]} and second["threads_differ"] is None
+    notes = [line for line in summary_markdown(summary).splitlines() if "different CPU thread counts" in line]
+    assert notes == [
+        "- **coreset vs random: different CPU thread counts** (2 against 1, seeds 0). Float sums in another order change a run's numbers, "
+        "by up to 2.3 points at one seed in BENCHMARKS.md, so this difference holds that too; set `threads=` in the grid's `set` to compare like with like.",
+        "- **coreset vs entropy: different CPU thread counts** (2 against 1, seeds 0). Float sums in another order change a run's numbers, "
+        "by up to 2.3 points at one seed in BENCHMARKS.md, so this difference holds that too; set `threads=` in the grid's `set` to compare like with like.",
+    ]
 
 
 @pytest.mark.parametrize(

@@ -47,6 +47,8 @@ def test_two_cycles_write_all_files(tmp_path):
     assert sum(lines[0]["picked_per_class"]) == 30 and sum(lines[1]["picked_per_class"]) == 0
     assert len(lines[0]["per_class_acc"]) == 10
     assert 0.0 <= lines[0]["test_acc"] <= 1.0
+    # where it ran: a run's numbers depend on the CPU thread count
+    assert lines[0]["device"] == "cpu" and lines[0]["cpu_threads"] == torch.get_num_threads()
     assert (out / "curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     saved = (out / "config.yaml").read_text()
     assert "budget: 30" in saved and "epochs: 2" in saved

@@ -71,8 +71,10 @@ BASELINE = "random"
 CONFIDENCE = 0.95
 # keys a grid may not set: the bench decides each run's folder
 _RESERVED = ("out",)
-# keys that do not change a finished run's results: a finished run whose saved
-# config differs only here is still the same run
+# keys that say how or where a run executes, not what it is: a finished run
+# whose saved config differs only here is still the same run (the thread count
+# does move the numbers, float sums running in another order; the summary
+# flags comparisons between runs on different thread counts)
 _RUNTIME_ONLY = ("threads", "plot", "out")
 
 
@@ -734,6 +736,15 @@ def _paired(a: dict, b: dict) -> dict | None:
     return {"n": d.n, "seeds": list(d.seeds), "mean_diff": d.mean, "ci95": d.ci, "resolved": d.resolved}
 
 
+def _cpu_threads(run: GridRun, records: list[dict]) -> int | None:
+    """The CPU thread count a run trained with: from its records (``cpu_threads``,
+    None for a run on a GPU), else its config's ``threads`` when set; None when
+    unknown (records written before the field, default threads)."""
+    if records and "cpu_threads" in records[0]:
+        return None if not str(records[0].get("device", "cpu")).startswith("cpu") else int(records[0]["cpu_threads"])
+    return int(run.cfg.threads) or None
+
+
 def _schedule(cfg: DictConfig) -> list[int]:
     return [int(cfg.initial) + int(cfg.budget) * c for c in range(int(cfg.cycles))]
 
@@ -811,7 +822,8 @@ def summarise(grid: Grid, target: float | None = None) -> dict:
             "target": None,
             "vs_baseline": None,
         }
-        per_group[label] = {"runs": runs, "acc": acc, "aubc": aubcs, "context": _context(runs[0])}
+        threads = {r.seed: _cpu_threads(r, records[r.name]) for r in runs}
+        per_group[label] = {"runs": runs, "acc": acc, "aubc": aubcs, "context": _context(runs[0]), "threads": threads}
         out_groups.append(g)
 
     by_label = {g["group"]: g for g in out_groups}
@@ -870,7 +882,13 @@ def _compare_groups(g: dict, base: dict, per_group: dict) -> dict:
         p = _paired(ac, bc)
         cyc.append({"cycle": c, "n_labelled": g["labelled"][c], **(p or {"n": 0})})
     same = g["labelled"] == base["labelled"]
-    return {"cycles": cyc, "same_schedule": same, "aubc": _paired(a["aubc"], b["aubc"]) if same else None}
+    # seeds whose two runs trained on different known CPU thread counts
+    mixed = sorted(
+        s for s in set(a["threads"]) & set(b["threads"])
+        if a["threads"][s] is not None and b["threads"][s] is not None and a["threads"][s] != b["threads"][s]
+    )
+    threads = {"seeds": mixed, "group": sorted({a["threads"][s] for s in mixed}), "vs": sorted({b["threads"][s] for s in mixed})} if mixed else None
+    return {"cycles": cyc, "same_schedule": same, "aubc": _paired(a["aubc"], b["aubc"]) if same else None, "threads_differ": threads}
 
 
 def _pm(est: dict | None) -> str:
@@ -940,6 +958,7 @@ def summary_markdown(summary: dict) -> str:
                 ncyc,
                 [_pair_row(g["group"], g["vs_baseline"]["baseline"], g["vs_baseline"], ncyc, "random") for g in compared],
             )
+            lines += _thread_notes([(g["group"], g["vs_baseline"]["baseline"], g["vs_baseline"]) for g in compared])
         names = {g["group"] for g in groups}
         asked = [c for c in summary.get("comparisons", []) if c["group"] in names]
         if asked:
@@ -950,7 +969,24 @@ def summary_markdown(summary: dict) -> str:
                 ncyc,
                 [_pair_row(c["group"], c["vs"], c, ncyc, c["vs"]) for c in asked],
             )
+            lines += _thread_notes([(c["group"], c["vs"], c) for c in asked])
     return "\n".join(lines) + "\n"
+
+
+def _thread_notes(pairs: list[tuple[str, str, dict]]) -> list[str]:
+    """A warning line per compared pair whose runs trained on different CPU
+    thread counts, for the same seed."""
+    notes = []
+    for group, vs, comparison in pairs:
+        t = comparison.get("threads_differ")
+        if t:
+            counts = lambda xs: "/".join(map(str, xs))  # noqa: E731
+            notes.append(
+                f"- **{group} vs {vs}: different CPU thread counts** ({counts(t['group'])} against {counts(t['vs'])}, "
+                f"seeds {', '.join(map(str, t['seeds']))}). Float sums in another order change a run's numbers, by up to 2.3 "
+                "points at one seed in BENCHMARKS.md, so this difference holds that too; set `threads=` in the grid's `set` to compare like with like."
+            )
+    return ["", *notes] if notes else []
 
 
 def _pair_table(intro: str, ncyc: int, rows: list[str]) -> list[str]:

@@ -325,6 +325,9 @@ class Experiment:
             "strategy": cfg.strategy,
             "mode": cfg.train.mode,
             "amp": amp_enabled(cfg.train, md.device),  # autocast in this cycle's training (bfloat16 on the CPU)
+            "device": str(md.device),
+            # float sums in another order give other numbers: ssal bench flags a comparison across thread counts
+            "cpu_threads": torch.get_num_threads(),
             "model": cfg.model,
             "dataset": cfg.dataset,
         }
