@@ -737,9 +737,10 @@ def _paired(a: dict, b: dict) -> dict | None:
 
 
 def _cpu_threads(run: GridRun, records: list[dict]) -> int | None:
-    """The CPU thread count a run trained with: from its records (``cpu_threads``,
-    None for a run on a GPU), else its config's ``threads`` when set; None when
-    unknown (records written before the field, default threads)."""
+    """The CPU thread count a run trained with: from its first record
+    (``cpu_threads``; None for a run on a GPU), else its config's ``threads``
+    when set; None when unknown (records written before the field, default
+    threads)."""
     if records and "cpu_threads" in records[0]:
         return None if not str(records[0].get("device", "cpu")).startswith("cpu") else int(records[0]["cpu_threads"])
     return int(run.cfg.threads) or None
@@ -980,9 +981,9 @@ def _thread_notes(pairs: list[tuple[str, str, dict]]) -> list[str]:
     for group, vs, comparison in pairs:
         t = comparison.get("threads_differ")
         if t:
-            counts = lambda xs: "/".join(map(str, xs))  # noqa: E731
+            mine, theirs = ("/".join(map(str, t[side])) for side in ("group", "vs"))
             notes.append(
-                f"- **{group} vs {vs}: different CPU thread counts** ({counts(t['group'])} against {counts(t['vs'])}, "
+                f"- **{group} vs {vs}: different CPU thread counts** ({mine} against {theirs}, "
                 f"seeds {', '.join(map(str, t['seeds']))}). Float sums in another order change a run's numbers, by up to 2.3 "
                 "points at one seed in BENCHMARKS.md, so this difference holds that too; set `threads=` in the grid's `set` to compare like with like."
             )
