@@ -290,19 +290,22 @@ def test_comparisons_across_cpu_thread_counts_are_flagged(tmp_path):
     """A paired difference between runs that trained on different CPU thread
     counts holds the thread count's own effect (float sums in another order):
     the summary names such pairs, seed by seed, and only those. Runs on a GPU,
-    and runs whose thread count is unknown, are not flagged."""
+    and runs whose thread count is unknown, are not flagged; a run whose records
+    predate the field counts with the threads of its own saved config, not the
+    grid's."""
     grid_file = write_grid(
         tmp_path,
-        set=TINY,  # threads unset: the records say what each run had
+        set=[*TINY, "threads=1"],  # the records (or a run's saved config) say what each run had
         grid={"seed": [0, 1, 2]},
         variants={
             "random": ["strategy=random"],
             "coreset": ["strategy=coreset"],
             "entropy": ["strategy=entropy"],
             "margin": ["strategy=margin"],
+            "old": ["strategy=least_confidence"],
         },
         run_name="{variant}-seed{seed}",
-        compare=[["coreset", "entropy"], ["margin", "entropy"]],
+        compare=[["coreset", "entropy"], ["margin", "entropy"], ["old", "entropy"]],
     )
     for k in range(3):
         fake_run(tmp_path / "out" / f"random-seed{k}", [0.5, 0.6], device="cpu", cpu_threads=1)
@@ -312,18 +315,26 @@ def test_comparisons_across_cpu_thread_counts_are_flagged(tmp_path):
             fake_run(tmp_path / "out" / f"margin-seed{k}", [0.5, 0.61])
         else:
             fake_run(tmp_path / "out" / f"margin-seed{k}", [0.5, 0.61], device="cuda:0", cpu_threads=16)
+        fake_run(tmp_path / "out" / f"old-seed{k}", [0.5, 0.61])  # records from before the field
+    (tmp_path / "out" / "old-seed0" / "config.yaml").write_text("threads: 2\n")
     summary = summarise(load_grid(grid_file))
     g = {x["group"]: x for x in summary["groups"]}
     assert g["coreset"]["vs_baseline"]["threads_differ"] == {"seeds": [0], "group": [2], "vs": [1]}
     assert g["entropy"]["vs_baseline"]["threads_differ"] is None
     assert g["margin"]["vs_baseline"]["threads_differ"] is None
-    first, second = summary["comparisons"]
+    assert g["old"]["vs_baseline"]["threads_differ"] == {"seeds": [0], "group": [2], "vs": [1]}
+    first, second, third = summary["comparisons"]
     assert first["threads_differ"] == {"seeds": [0], "group": [2], "vs": [1]} and second["threads_differ"] is None
+    assert third["threads_differ"] == {"seeds": [0], "group": [2], "vs": [1]}
     notes = [line for line in summary_markdown(summary).splitlines() if "different CPU thread counts" in line]
     assert notes == [
         "- **coreset vs random: different CPU thread counts** (2 against 1, seeds 0). Float sums in another order change a run's numbers, "
         "by up to 2.3 points at one seed in BENCHMARKS.md, so this difference holds that too; set `threads=` in the grid's `set` to compare like with like.",
+        "- **old vs random: different CPU thread counts** (2 against 1, seeds 0). Float sums in another order change a run's numbers, "
+        "by up to 2.3 points at one seed in BENCHMARKS.md, so this difference holds that too; set `threads=` in the grid's `set` to compare like with like.",
         "- **coreset vs entropy: different CPU thread counts** (2 against 1, seeds 0). Float sums in another order change a run's numbers, "
+        "by up to 2.3 points at one seed in BENCHMARKS.md, so this difference holds that too; set `threads=` in the grid's `set` to compare like with like.",
+        "- **old vs entropy: different CPU thread counts** (2 against 1, seeds 0). Float sums in another order change a run's numbers, "
         "by up to 2.3 points at one seed in BENCHMARKS.md, so this difference holds that too; set `threads=` in the grid's `set` to compare like with like.",
     ]
 

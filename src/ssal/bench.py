@@ -738,12 +738,14 @@ def _paired(a: dict, b: dict) -> dict | None:
 
 def _cpu_threads(run: GridRun, records: list[dict]) -> int | None:
     """The CPU thread count a run trained with: from its first record
-    (``cpu_threads``; None for a run on a GPU), else its config's ``threads``
-    when set; None when unknown (records written before the field, default
+    (``cpu_threads``; None for a run on a GPU), else the ``threads`` its folder's
+    saved config set (not the grid's: a finished run is reused whatever
+    ``threads`` the grid now has); None when unknown (no record of it, default
     threads)."""
     if records and "cpu_threads" in records[0]:
         return None if not str(records[0].get("device", "cpu")).startswith("cpu") else int(records[0]["cpu_threads"])
-    return int(run.cfg.threads) or None
+    saved = _saved_config(run) if records else None
+    return int((saved or {}).get("threads") or 0) or None
 
 
 def _schedule(cfg: DictConfig) -> list[int]:
