@@ -286,6 +286,12 @@ def test_compare_pairs_any_two_groups_seed_by_seed(tmp_path):
     assert "+1.00 +- " in rows[1] and rows[1].endswith("| schedules differ: no AUBC difference |")
 
 
+THREAD_NOTE = (
+    "Float sums in another order change a run's numbers (by 2.34 points on one CIFAR-10 seed in ssal's BENCHMARKS.md), "
+    "so this difference holds that too; set `threads=` in the grid's `set` to compare like with like."
+)
+
+
 def test_comparisons_across_cpu_thread_counts_are_flagged(tmp_path):
     """A paired difference between runs that trained on different CPU thread
     counts holds the thread count's own effect (float sums in another order):
@@ -328,14 +334,10 @@ def test_comparisons_across_cpu_thread_counts_are_flagged(tmp_path):
     assert third["threads_differ"] == {"seeds": [0], "group": [2], "vs": [1]}
     notes = [line for line in summary_markdown(summary).splitlines() if "different CPU thread counts" in line]
     assert notes == [
-        "- **coreset vs random: different CPU thread counts** (2 against 1, seeds 0). Float sums in another order change a run's numbers, "
-        "by up to 2.3 points at one seed in BENCHMARKS.md, so this difference holds that too; set `threads=` in the grid's `set` to compare like with like.",
-        "- **old vs random: different CPU thread counts** (2 against 1, seeds 0). Float sums in another order change a run's numbers, "
-        "by up to 2.3 points at one seed in BENCHMARKS.md, so this difference holds that too; set `threads=` in the grid's `set` to compare like with like.",
-        "- **coreset vs entropy: different CPU thread counts** (2 against 1, seeds 0). Float sums in another order change a run's numbers, "
-        "by up to 2.3 points at one seed in BENCHMARKS.md, so this difference holds that too; set `threads=` in the grid's `set` to compare like with like.",
-        "- **old vs entropy: different CPU thread counts** (2 against 1, seeds 0). Float sums in another order change a run's numbers, "
-        "by up to 2.3 points at one seed in BENCHMARKS.md, so this difference holds that too; set `threads=` in the grid's `set` to compare like with like.",
+        "- **coreset vs random: different CPU thread counts** (2 against 1, seeds 0). " + THREAD_NOTE,
+        "- **old vs random: different CPU thread counts** (2 against 1, seeds 0). " + THREAD_NOTE,
+        "- **coreset vs entropy: different CPU thread counts** (2 against 1, seeds 0). " + THREAD_NOTE,
+        "- **old vs entropy: different CPU thread counts** (2 against 1, seeds 0). " + THREAD_NOTE,
     ]
 
 

@@ -986,8 +986,8 @@ def _thread_notes(pairs: list[tuple[str, str, dict]]) -> list[str]:
             mine, theirs = ("/".join(map(str, t[side])) for side in ("group", "vs"))
             notes.append(
                 f"- **{group} vs {vs}: different CPU thread counts** ({mine} against {theirs}, "
-                f"seeds {', '.join(map(str, t['seeds']))}). Float sums in another order change a run's numbers, by up to 2.3 "
-                "points at one seed in BENCHMARKS.md, so this difference holds that too; set `threads=` in the grid's `set` to compare like with like."
+                f"seeds {', '.join(map(str, t['seeds']))}). Float sums in another order change a run's numbers (by 2.34 "
+                "points on one CIFAR-10 seed in ssal's BENCHMARKS.md), so this difference holds that too; set `threads=` in the grid's `set` to compare like with like."
             )
     return ["", *notes] if notes else []
 
